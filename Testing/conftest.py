@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: paths to the repository and to ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TEXTPROMPTSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real images of ../shared/data; CI always has them, so their absence is an error, not a skip."""
+    if not SHARED_DATA.is_dir():
+        raise FileNotFoundError(f"../shared/data not found at {SHARED_DATA}; set TEXTPROMPTSEG_SHARED_DATA")
+    return SHARED_DATA

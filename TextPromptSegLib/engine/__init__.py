@@ -1,0 +1,1 @@
+"""Volume propagation engine: geometry, pre-processing, propagation, the segment_volume pipeline."""

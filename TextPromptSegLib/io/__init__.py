@@ -1,0 +1,1 @@
+"""Image I/O through SimpleITK and Slicer-compatible segmentation writers."""

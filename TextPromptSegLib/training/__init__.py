@@ -1,0 +1,1 @@
+"""Training and evaluation (datasets, losses, trainer, metrics). Not needed at inference."""
