@@ -25,3 +25,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"../shared/data not found at {SHARED_DATA}; set TEXTPROMPTSEG_SHARED_DATA")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder_dir(tmp_path_factory) -> Path:
+    """A tiny BERT (random weights, small WordPiece vocabulary) saved in a temporary folder."""
+    from TextPromptSegLib.modeling.testing import make_tiny_text_encoder
+
+    return make_tiny_text_encoder(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_text_encoder_dir):
+    """A randomly initialised tiny TGSAM-2 on CPU (adapters at zero). Shared: do not modify its weights."""
+    from TextPromptSegLib.modeling.testing import build_tiny_model
+
+    return build_tiny_model(tiny_text_encoder_dir, seed=0)
