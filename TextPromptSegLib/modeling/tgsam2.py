@@ -1,0 +1,411 @@
+"""TGSAM-2: SAM-2 with a text prompt, text-conditioned visual perception (TCVP) and a text-tracking memory
+encoder (TTME), after Yuan et al., MICCAI 2025 (``../shared/seeds/TGSAM-2_paper.txt``, section 2).
+
+The model *is* a ``sam2.modeling.sam2_base.SAM2Base``: Hiera image encoder + FPN neck, memory attention,
+memory encoder, prompt encoder, mask decoder and SAM-2's tracking step are sam2's own modules. The text enters
+at three places, each through a zero-initialised gate or output projection, so that an untrained TGSAM-2
+computes exactly what the underlying SAM-2 computes and official SAM-2 checkpoints work from day one:
+
+* Text prompt (Eq. 3), ``TextPromptEmbedding``: token features T (L x C) -> W (C -> D) -> attention-based
+  token aggregation -> + a learned prompt-type embedding. The L tokens are appended to the decoder's sparse
+  prompt tokens (after any point/box tokens) on every frame. An extra token changes the softmax normalisation
+  of every attention that reads it even when its value is zero, so the decoder attentions that use tokens as
+  keys (token self-attention and image->token cross-attention) weight text keys multiplicatively by a learned
+  gate g >= 0: ``w_j = m_j exp(s_j) / sum_k m_k exp(s_k)`` with m = 1 for SAM-2's tokens and m = g for text
+  tokens (0 for padding). g = 0 (the initial value) is exactly SAM-2, and dL/dg is non-zero there.
+* TCVP (Eq. 4): multi-head cross-attention between the text tokens and the lowest-resolution map f_N
+  (stride 16), then transposed convolutions (+GELU) carrying the conditioning into the two higher-resolution
+  FPN levels that SAM-2's decoder uses. The paper writes text as the query (``f_N := MHCA(T, f_N)``), which
+  gives L tokens, not a map. Default reading (``tcvp_mode="visual_query"``): every f_N position queries the
+  text tokens, and the attended text is added back through a zero-initialised projection. Literal reading
+  (``"text_query"``): the text tokens query f_N; each position then reads the updated tokens back by
+  similarity. Either way ``f_N + Delta``, ``f_{N-1} + P1(GELU(DeConv1(Delta)))``, ``f_{N-2} +
+  P2(DeConv2(GELU(DeConv1(Delta))))`` with P1, P2 zero-initialised 1x1 convolutions.
+* TTME (Eqs. 5-6): SAM-2's memory encoder already is the mask downsampler (p=4 x Conv-LN-GELU), the
+  ``Conv(mask) + f_N`` sum, and a fuser of q=2 ConvNeXt blocks ``PwConv(LN(DwConv(x)))``; each fuser block
+  here adds ``W T`` before its activation (``"sum"``), or uses ``x (1 + W T)`` (``"mul"``) or a projection of
+  ``[x, W T]`` (``"concat"``), W zero-initialised.
+
+SAM2Base's private methods do not take text, so the text reaches the prompt encoder, the decoder attentions
+and the memory encoder through :meth:`TGSAM2.text_context`. The modules involved are switched to small
+subclasses (``_TextPromptEncoder``, ``_KeyGatedAttention``, ``_TextCXBlock``) that add no parameters of
+their own, so state-dict keys stay those of SAM-2 plus the adapters (``text_prompt.*``, ``tcvp.*``,
+``memory_encoder.fuser.layers.N.tg_*``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from sam2.modeling.memory_encoder import CXBlock
+from sam2.modeling.sam.prompt_encoder import PromptEncoder
+from sam2.modeling.sam.transformer import Attention
+from sam2.modeling.sam2_base import SAM2Base
+from torch import Tensor, nn
+
+from .config import TGSAM2Config
+
+# SAM-2's image normalisation (ImageNet statistics on [0, 1] RGB)
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+ADAPTER_PREFIXES = ("text_prompt.", "tcvp.")
+
+
+def is_adapter_key(key: str) -> bool:
+    """True for the parameters TGSAM-2 adds to SAM-2 (everything else loads from a SAM-2 checkpoint)."""
+    return key.startswith(ADAPTER_PREFIXES) or ".tg_" in key
+
+
+@dataclass
+class TextFeatures:
+    """Encoded prompts, batch P (one row per prompt / object).
+
+    tokens: (P, L, D) decoder sparse tokens (Eq. 3 output + prompt-type embedding)
+    proj:   (P, L, D) projected token features W T (used by TCVP)
+    mask:   (P, L) bool, True on real tokens
+    pooled: (P, D) mean of the real projected tokens (used by TTME)
+    """
+
+    tokens: Tensor
+    proj: Tensor
+    mask: Tensor
+    pooled: Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def select(self, index: int | slice | Tensor) -> TextFeatures:
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return TextFeatures(self.tokens[index], self.proj[index], self.mask[index], self.pooled[index])
+
+    def expand(self, batch: int) -> TextFeatures:
+        """Repeat a batch-1 text for ``batch`` frames or objects (no copy)."""
+        if len(self) == batch:
+            return self
+        if len(self) != 1:
+            raise ValueError(f"cannot broadcast {len(self)} prompts to a batch of {batch}")
+        return TextFeatures(
+            self.tokens.expand(batch, -1, -1), self.proj.expand(batch, -1, -1),
+            self.mask.expand(batch, -1), self.pooled.expand(batch, -1),
+        )
+
+    def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> TextFeatures:
+        return TextFeatures(
+            self.tokens.to(device, dtype), self.proj.to(device, dtype), self.mask.to(device),
+            self.pooled.to(device, dtype),
+        )
+
+    def detach(self) -> TextFeatures:
+        return TextFeatures(self.tokens.detach(), self.proj.detach(), self.mask, self.pooled.detach())
+
+
+class TextPromptEmbedding(nn.Module):
+    """Eq. 3: T_embed = Softmax(W_Q T_proj (W_K T_proj)^T / sqrt(D)) T_proj, T_proj = W T; plus a type embedding.
+
+    Also owns the decoder gate g (see the module docstring).
+    """
+
+    def __init__(self, text_dim: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(text_dim, dim)
+        self.w_q = nn.Linear(dim, dim, bias=False)
+        self.w_k = nn.Linear(dim, dim, bias=False)
+        self.type_embed = nn.Parameter(torch.randn(dim) * 0.02)
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, feats: Tensor, mask: Tensor) -> TextFeatures:
+        """feats (P, L, C) token features, mask (P, L) bool -> TextFeatures with D channels."""
+        proj = self.proj(feats)
+        logits = self.w_q(proj) @ self.w_k(proj).transpose(1, 2) / math.sqrt(proj.shape[-1])
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+        tokens = torch.softmax(logits, dim=-1) @ proj + self.type_embed
+        weights = mask.to(proj.dtype).unsqueeze(-1)
+        pooled = (proj * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return TextFeatures(tokens=tokens, proj=proj, mask=mask, pooled=pooled)
+
+    def key_weight(self, mask: Tensor) -> Tensor:
+        """(P, L) multiplicative attention weight of the text keys in the decoder: g on real tokens, 0 on padding."""
+        return self.gate.clamp(min=0.0) * mask.to(self.gate.dtype)
+
+
+class TCVP(nn.Module):
+    """Text-conditioned visual perception (Eq. 4) on SAM-2's FPN levels [stride 4, stride 8, stride 16]."""
+
+    def __init__(self, dim: int, num_heads: int, mode: str = "visual_query") -> None:
+        super().__init__()
+        self.mode = mode
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.out = nn.Linear(dim, dim)
+        self.up1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.up2 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.act = nn.GELU()
+        self.proj1 = nn.Conv2d(dim, dim, kernel_size=1)
+        self.proj2 = nn.Conv2d(dim, dim, kernel_size=1)
+        for layer in (self.out, self.proj1, self.proj2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, fpn: Sequence[Tensor], pos_n: Tensor, text: TextFeatures) -> list[Tensor]:
+        """fpn: [(B, D, 4h, 4w), (B, D, 2h, 2w), (B, D, h, w)]; pos_n (B, D, h, w); text batch 1 or B."""
+        f_n = fpn[-1]
+        b, c, h, w = f_n.shape
+        text = text.expand(b)
+        x = f_n.flatten(2).transpose(1, 2)  # (B, hw, D)
+        q = x + pos_n.flatten(2).transpose(1, 2)
+        pad = ~text.mask
+        if self.mode == "visual_query":
+            attended, _ = self.attn(q, text.proj, text.proj, key_padding_mask=pad, need_weights=False)
+        else:  # the paper's literal notation: text queries vision, then each position reads the updated text
+            updated, _ = self.attn(text.proj, q, x, need_weights=False)  # (B, L, D)
+            sim = (x @ updated.transpose(1, 2)) / math.sqrt(c)
+            attended = torch.softmax(sim.masked_fill(pad[:, None, :], float("-inf")), dim=-1) @ updated
+        delta = self.out(attended).transpose(1, 2).reshape(b, c, h, w)
+        up1 = self.act(self.up1(delta))
+        up2 = self.up2(up1)
+        out = list(fpn)
+        out[-1] = f_n + delta
+        out[-2] = fpn[-2] + self.proj1(up1)
+        out[-3] = fpn[-3] + self.proj2(up2)
+        return out
+
+
+class _TextPromptEncoder(PromptEncoder):
+    """SAM-2's prompt encoder; appends the text tokens of the active text context to the sparse embeddings."""
+
+    text_tokens: Optional[Tensor] = None
+
+    def forward(self, points, boxes, masks):  # noqa: D102 (same signature as PromptEncoder)
+        sparse, dense = super().forward(points, boxes, masks)
+        if self.text_tokens is not None:
+            tokens = self.text_tokens.to(sparse.dtype)
+            sparse = torch.cat([sparse, tokens.expand(sparse.shape[0], -1, -1)], dim=1)
+        return sparse, dense
+
+
+class _KeyGatedAttention(Attention):
+    """SAM-2's decoder attention with the trailing text keys weighted by ``text_key_weight`` (B, L)."""
+
+    text_key_weight: Optional[Tensor] = None
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        weight = self.text_key_weight
+        if weight is None:
+            return super().forward(q, k, v)
+        q = self._separate_heads(self.q_proj(q), self.num_heads)
+        k = self._separate_heads(self.k_proj(k), self.num_heads)
+        v = self._separate_heads(self.v_proj(v), self.num_heads)
+        logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, Nq, Nk)
+        logits = logits - logits.amax(dim=-1, keepdim=True).detach()
+        weight = weight.to(logits.dtype).expand(q.shape[0], -1)
+        n_keys, n_text = k.shape[-2], weight.shape[1]
+        mult = torch.cat([weight.new_ones(weight.shape[0], n_keys - n_text), weight], dim=1)[:, None, None, :]
+        attn = logits.exp() * mult
+        attn = attn / attn.sum(dim=-1, keepdim=True)
+        if self.training and self.dropout_p > 0:
+            attn = F.dropout(attn, p=self.dropout_p)
+        return self.out_proj(self._recombine_heads(attn @ v))
+
+
+class _TextCXBlock(CXBlock):
+    """A memory-encoder fuser block with text tracking (Eq. 6): Act(PwConv(LN(DwConv(x))) (+|*|cat) W T)."""
+
+    text_vec: Optional[Tensor] = None
+    fusion: str = "sum"
+
+    def forward(self, x: Tensor) -> Tensor:
+        text = self.text_vec
+        if text is None:
+            return super().forward(x)
+        shortcut = x
+        x = self.norm(self.dwconv(x)).permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = self.pwconv1(x)
+        t = self.tg_text(text.to(x.dtype))[:, None, None, :].expand(x.shape[0], -1, -1, -1)
+        if self.fusion == "sum":
+            x = x + t
+        elif self.fusion == "mul":
+            x = x * (1.0 + t)
+        else:
+            x = x + self.tg_concat(torch.cat([x, t.expand_as(x)], dim=-1))
+        x = self.pwconv2(self.act(x))
+        if self.gamma is not None:
+            x = self.gamma * x
+        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+
+
+class TGSAM2(SAM2Base):
+    """SAM-2 with text. See the module docstring; build it with ``modeling.build.build_model``.
+
+    Images given to the model are normalised (B, 3, S, S) tensors (``normalize_images``); masks come back as
+    logits at S x S (``pred_masks_high_res``) and at S/4 (``pred_masks``).
+    """
+
+    def __init__(self, config: TGSAM2Config, text_encoder: Optional[nn.Module], text_dim: int, **sam2_kwargs: Any):
+        super().__init__(**sam2_kwargs)
+        self.config = config
+        self.text_encoder = text_encoder
+        dim = self.hidden_dim
+        self.text_prompt = TextPromptEmbedding(text_dim, dim)
+        self.tcvp = TCVP(dim, config.tcvp_heads, config.tcvp_mode) if config.use_tcvp else None
+        self._gated_attention: list[_KeyGatedAttention] = []
+        self._text_blocks: list[_TextCXBlock] = []
+        if config.use_text_prompt:
+            self.sam_prompt_encoder.__class__ = _TextPromptEncoder
+            for layer in self.sam_mask_decoder.transformer.layers:
+                for attn in (layer.self_attn, layer.cross_attn_image_to_token):
+                    attn.__class__ = _KeyGatedAttention
+                    self._gated_attention.append(attn)
+        if config.use_ttme:
+            for block in self.memory_encoder.fuser.layers:
+                block.__class__ = _TextCXBlock
+                block.fusion = config.ttme_fusion
+                hidden = block.pwconv1.out_features
+                block.tg_text = nn.Linear(dim, hidden)
+                if config.ttme_fusion == "concat":
+                    block.tg_concat = nn.Linear(2 * hidden, hidden)
+                    nn.init.zeros_(block.tg_concat.weight)
+                    nn.init.zeros_(block.tg_concat.bias)
+                else:
+                    nn.init.zeros_(block.tg_text.weight)
+                    nn.init.zeros_(block.tg_text.bias)
+                self._text_blocks.append(block)
+        self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ---------------------------------------------------------------- text
+    def encode_text(self, prompts: Sequence[str]) -> TextFeatures:
+        """Prompts -> TextFeatures (P rows). The frozen encoder runs without grad; the projection is trainable."""
+        if self.text_encoder is None:
+            raise RuntimeError("this model was built without a text encoder")
+        feats, mask = self.text_encoder(list(prompts))
+        return self.text_prompt(feats.to(self.image_mean.device), mask.to(self.image_mean.device))
+
+    @contextmanager
+    def text_context(self, text: Optional[TextFeatures]) -> Iterator[None]:
+        """Make ``text`` (batch 1 or the tracking batch) visible to the sparse prompt and TTME inside."""
+        self._set_text(text)
+        try:
+            yield
+        finally:
+            self._set_text(None)
+
+    def _set_text(self, text: Optional[TextFeatures]) -> None:
+        tokens = weight = pooled = None
+        if text is not None:
+            tokens = text.tokens
+            weight = self.text_prompt.key_weight(text.mask)
+            pooled = text.pooled
+        if self.config.use_text_prompt:
+            self.sam_prompt_encoder.text_tokens = tokens
+            for attn in self._gated_attention:
+                attn.text_key_weight = weight
+        for block in self._text_blocks:
+            block.text_vec = pooled
+
+    # ---------------------------------------------------------------- images
+    def normalize_images(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) RGB in [0, 1] -> SAM-2's normalised input."""
+        return (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype)
+
+    def encode_backbone(self, images: Tensor) -> dict[str, Any]:
+        """Hiera + FPN on normalised images (B, 3, S, S). Text-independent, so it can be batched and cached.
+
+        Returns sam2's backbone_out: ``backbone_fpn`` [(B, D, S/4, S/4), (B, D, S/8, S/8), (B, D, S/16, S/16)],
+        ``vision_pos_enc`` (same shapes), ``vision_features`` (= the last level), before the decoder's
+        conv_s0 / conv_s1 projections.
+        """
+        return self.image_encoder(images)
+
+    def condition_backbone(self, backbone_out: dict[str, Any], text: Optional[TextFeatures]) -> dict[str, Any]:
+        """TCVP (when enabled and text is given) then the decoder's high-res projections.
+
+        With ``text=None`` (or TCVP disabled) this is exactly SAM-2's ``forward_image`` output.
+        """
+        fpn = list(backbone_out["backbone_fpn"])
+        pos = list(backbone_out["vision_pos_enc"])
+        if text is not None and self.tcvp is not None:
+            fpn = self.tcvp(fpn, pos[-1], text.to(fpn[-1].device))
+        out = dict(backbone_out, backbone_fpn=fpn, vision_pos_enc=pos, vision_features=fpn[-1])
+        if self.use_high_res_features_in_sam:
+            fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
+            fpn[1] = self.sam_mask_decoder.conv_s1(fpn[1])
+        return out
+
+    def forward_image(self, img_batch: Tensor) -> dict[str, Any]:
+        """SAM-2's entry point, kept for sam2's predictors (no text: plain SAM-2 features)."""
+        return self.condition_backbone(self.encode_backbone(img_batch), None)
+
+    def prepare_frame_features(self, conditioned: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list]:
+        """Flatten conditioned features for ``track_step``: (vision_feats, vision_pos_embeds, feat_sizes)."""
+        _, feats, pos, sizes = self._prepare_backbone_features(conditioned)
+        return feats, pos, sizes
+
+    # ---------------------------------------------------------------- tracking
+    def step(self, frame_idx: int, is_init_cond_frame: bool, feats: list[Tensor], pos: list[Tensor], sizes: list,
+             output_dict: dict, num_frames: int, point_inputs: Optional[dict] = None,
+             mask_inputs: Optional[Tensor] = None, track_in_reverse: bool = False,
+             run_mem_encoder: bool = True) -> dict[str, Any]:
+        """One tracking step like ``SAM2Base.track_step`` that also returns ``ious`` and ``object_score_logits``
+        in training mode. Call inside :meth:`text_context`."""
+        current_out, sam_outputs, _, _ = self._track_step(
+            frame_idx, is_init_cond_frame, feats, pos, sizes, point_inputs, mask_inputs, output_dict, num_frames,
+            track_in_reverse, None,
+        )
+        _, _, ious, low_res, high_res, obj_ptr, object_score_logits = sam_outputs
+        current_out.update(pred_masks=low_res, pred_masks_high_res=high_res, obj_ptr=obj_ptr, ious=ious,
+                           object_score_logits=object_score_logits)
+        self._encode_memory_in_output(feats, sizes, point_inputs, run_mem_encoder, high_res, object_score_logits,
+                                      current_out)
+        return current_out
+
+    def forward_sequence(self, images: Tensor, text: Optional[TextFeatures], mask_prompt: Optional[Tensor] = None,
+                         point_prompt: Optional[dict] = None, use_memory: bool = True) -> dict[str, Tensor]:
+        """Differentiable clip forward (training and tests).
+
+        images: (B, T, 3, S, S) in [0, 1]; text: batch B (or 1); frame 0 is the conditioning frame and may carry a
+        mask prompt (B, 1, S, S) and/or point prompt {"point_coords": (B, P, 2) pixels (x, y), "point_labels":
+        (B, P)}. ``use_memory=False`` treats every frame as an independent first frame (ablation).
+        Returns ``mask_logits`` (B, T, 1, S, S), ``object_score_logits`` (B, T, 1), ``ious`` (B, T, M).
+        """
+        b, t = images.shape[:2]
+        backbone = self.encode_backbone(self.normalize_images(images.flatten(0, 1)))
+        logits, scores, ious = [], [], []
+        output_dict: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        with self.text_context(text):
+            for i in range(t):
+                frame = {
+                    "backbone_fpn": [x.unflatten(0, (b, t))[:, i] for x in backbone["backbone_fpn"]],
+                    "vision_pos_enc": [x.unflatten(0, (b, t))[:, i] for x in backbone["vision_pos_enc"]],
+                }
+                feats, pos, sizes = self.prepare_frame_features(self.condition_backbone(frame, text))
+                first = i == 0
+                memory = output_dict if use_memory else {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+                out = self.step(i if use_memory else 0, first or not use_memory, feats, pos, sizes, memory, t,
+                                point_inputs=point_prompt if first else None,
+                                mask_inputs=mask_prompt if first else None, run_mem_encoder=use_memory)
+                if use_memory:
+                    output_dict["cond_frame_outputs" if first else "non_cond_frame_outputs"][i] = out
+                logits.append(out["pred_masks_high_res"])
+                scores.append(out["object_score_logits"])
+                ious.append(out["ious"])
+        return {
+            "mask_logits": torch.stack(logits, 1),
+            "object_score_logits": torch.stack(scores, 1),
+            "ious": torch.stack(ious, 1),
+        }
+
+    # ---------------------------------------------------------------- parameters
+    def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if is_adapter_key(n))
+
+    def sam2_state_dict(self) -> dict[str, Tensor]:
+        """The weights that belong to SAM-2 itself (no adapters, no text encoder)."""
+        state = self.state_dict().items()
+        return {k: v for k, v in state if not is_adapter_key(k) and not k.startswith("text_encoder.")}
