@@ -1,0 +1,6 @@
+"""Make the shared synthetic-data helpers of this folder importable as ``synthetic``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
