@@ -1,0 +1,356 @@
+"""Propagation: text (+ optional mask / point prompts) -> a mask on every frame, through SAM-2's memory bank.
+
+The image encoder does not depend on the memory, so frames are encoded in batches (``encode_batch_size``) and
+kept in a byte-bounded LRU cache for later prompts and refinements; only memory attention, the mask decoder and
+the memory encoder run frame after frame. Frames are read lazily from a :class:`FrameSource`, so host and GPU
+memory are bounded by the batch and the cache budget, never by the volume.
+
+Order of work for one prompt: the start frame (given, or the frame with the highest object score in a coarse
+text-only pass over every k-th frame) is the conditioning frame; frames with mask prompts are conditioning
+frames too; then frames start+1 .. N-1 are tracked forward and start-1 .. 0 backward (``track_in_reverse``),
+all in one memory bank (SAM-2's ``output_dict``), exactly as sam2's video predictor does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import autocast, pick_device
+from .progress import CancelToken, ProgressCallback, ProgressTracker
+
+log = logging.getLogger(__name__)
+
+FrameGetter = Callable[[Sequence[int]], torch.Tensor]
+
+
+class FrameSource:
+    """N frames (3, S, S) float32 in [0, 1], read in batches by index.
+
+    Wrap an in-memory tensor (N, 3, S, S) or give ``getter(indices) -> (b, 3, S, S)`` and ``count``.
+    """
+
+    def __init__(self, frames: Union[torch.Tensor, FrameGetter], count: Optional[int] = None) -> None:
+        if isinstance(frames, torch.Tensor):
+            if frames.ndim != 4 or frames.shape[1] != 3:
+                raise ValueError(f"frames must be (N, 3, S, S), got {tuple(frames.shape)}")
+            tensor = frames
+            self._get: FrameGetter = lambda idx: tensor[list(idx)]
+            self.count = frames.shape[0]
+        else:
+            if count is None:
+                raise ValueError("a frame getter needs the number of frames")
+            self._get, self.count = frames, count
+        self.requests: list[int] = []  # batch sizes asked for (tests check the memory bound)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        self.requests.append(len(indices))
+        return self._get(indices)
+
+
+@dataclass
+class PropagationResult:
+    """Per-frame outputs at model resolution for one prompt.
+
+    logits: (N, S/4, S/4) float16 low-resolution mask logits (SAM-2's ``pred_masks``); frames never reached are
+    -inf. ``masks(size)`` upsamples them bilinearly (as SAM-2 does) and thresholds at 0.
+    scores: (N,) object-score logits (> 0: object present); frames never reached hold -inf.
+    order: frame indices in the order they were decided; start_index: the conditioning frame.
+    """
+
+    logits: torch.Tensor
+    scores: np.ndarray
+    order: list[int]
+    start_index: int
+    image_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def masks(self, size: Optional[int] = None) -> torch.Tensor:
+        """(N, size, size) bool; ``size`` defaults to the model input size."""
+        size = size or self.image_size
+        out = torch.zeros((self.logits.shape[0], size, size), dtype=torch.bool)
+        for start in range(0, self.logits.shape[0], 32):  # bounded memory at 1024
+            chunk = self.logits[start : start + 32].float()[:, None]
+            up = F.interpolate(chunk.nan_to_num(neginf=-1024.0), size=(size, size), mode="bilinear",
+                               align_corners=False)
+            out[start : start + 32] = up[:, 0] > 0
+        return out
+
+
+class Propagator:
+    """Runs a TGSAM2 over frame sources. One instance per model and device; create sessions per volume."""
+
+    def __init__(self, model, device: Optional[Union[str, torch.device]] = None, encode_batch_size: int = 8,
+                 cache_bytes: int = 2 << 30, use_amp: bool = True, compile: bool = False) -> None:
+        self.device = pick_device(device) if not isinstance(device, torch.device) else device
+        self.model = model.to(self.device).eval()
+        self.encode_batch_size = max(1, int(encode_batch_size))
+        self.cache_bytes = int(cache_bytes)
+        self.use_amp = use_amp
+        if compile:
+            self.model.image_encoder = torch.compile(self.model.image_encoder, dynamic=False)
+
+    def start_session(self, frames: Union[FrameSource, torch.Tensor]) -> Session:
+        source = frames if isinstance(frames, FrameSource) else FrameSource(frames)
+        return Session(self, source)
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+class Session:
+    """Encoded frames of one volume or sequence, shared by every prompt and refinement on it."""
+
+    def __init__(self, propagator: Propagator, frames: FrameSource) -> None:
+        self.propagator = propagator
+        self.model = propagator.model
+        self.frames = frames
+        self.device = propagator.device
+        self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._cache_size = 0
+        self.encode_count = 0  # frames passed through the image encoder (tests: no re-encoding)
+        self._text_cache: dict[str, Any] = {}
+        self.states: dict[str, dict[str, Any]] = {}  # per prompt key: the memory bank of its last run
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    # ------------------------------------------------------------------ encoding
+    def _autocast(self):
+        return autocast(self.device) if self.propagator.use_amp else torch.autocast("cpu", enabled=False)
+
+    def _encode_batch(self, indices: list[int]) -> None:
+        batch = self.propagator.encode_batch_size
+        i = 0
+        while i < len(indices):
+            chunk = indices[i : i + batch]
+            try:
+                images = self.frames.get(chunk).to(self.device, torch.float32)
+                with self._autocast():
+                    out = self.model.encode_backbone(self.model.normalize_images(images))
+            except torch.cuda.OutOfMemoryError:
+                if batch == 1:
+                    raise
+                torch.cuda.empty_cache()
+                batch = max(1, batch // 2)
+                log.warning("CUDA out of memory while encoding; retrying with batch %d", batch)
+                continue
+            self.encode_count += len(chunk)
+            for j, index in enumerate(chunk):
+                entry = {"backbone_fpn": [x[j : j + 1] for x in out["backbone_fpn"]],
+                         "vision_pos_enc": [x[j : j + 1] for x in out["vision_pos_enc"]]}
+                # slices of the batch tensor would keep the whole batch alive: copy out what we keep
+                entry = {k: [x.clone() for x in v] for k, v in entry.items()}
+                self._cache[index] = entry
+                self._cache_size += _nbytes(entry)
+            i += len(chunk)
+        while self._cache_size > self.propagator.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_size -= _nbytes(old)
+
+    def backbone(self, index: int, lookahead: int = 1) -> dict[str, Any]:
+        """Text-free features of one frame, encoding it (and the next frames in ``lookahead`` direction) if needed."""
+        if index not in self._cache:
+            step = 1 if lookahead >= 0 else -1
+            want = [index]
+            j = index + step
+            while len(want) < self.propagator.encode_batch_size and 0 <= j < len(self) and j not in self._cache:
+                want.append(j)
+                j += step
+            self._encode_batch(want)
+        self._cache.move_to_end(index)
+        return self._cache[index]
+
+    def encode_all(self, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> None:
+        """Encode every frame up front (only useful when the cache budget holds the whole volume)."""
+        tracker = ProgressTracker(progress, "encode", len(self))
+        batch = self.propagator.encode_batch_size
+        for start in range(0, len(self), batch):
+            if cancel:
+                cancel.raise_if_cancelled()
+            todo = [i for i in range(start, min(start + batch, len(self))) if i not in self._cache]
+            with torch.inference_mode():
+                self._encode_batch(todo)
+            tracker.step(start, count=min(batch, len(self) - start))
+
+    def text(self, prompt: Optional[str]):
+        if prompt is None:
+            return None
+        if prompt not in self._text_cache:
+            with torch.inference_mode():
+                self._text_cache[prompt] = self.model.encode_text([prompt]).to(self.device)
+        return self._text_cache[prompt]
+
+    def _frame_features(self, index: int, text, direction: int = 1):
+        with self._autocast():
+            conditioned = self.model.condition_backbone(self.backbone(index, direction), text)
+        return self.model.prepare_frame_features(conditioned)
+
+    # ------------------------------------------------------------------ tracking
+    def _step(self, index: int, cond: bool, text, output_dict: dict, reverse: bool = False,
+              mask: Optional[np.ndarray] = None, points: Optional[dict] = None) -> dict[str, Any]:
+        feats, pos, sizes = self._frame_features(index, text, -1 if reverse else 1)
+        mask_input = None
+        if mask is not None:
+            size = self.model.image_size
+            mask_input = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)[None, None].float()
+            if mask_input.shape[-1] != size:
+                mask_input = F.interpolate(mask_input, size=(size, size), mode="nearest")
+        point_inputs = None
+        if points is not None:
+            point_inputs = {
+                "point_coords": torch.as_tensor(points["coords"], dtype=torch.float32, device=self.device)[None],
+                "point_labels": torch.as_tensor(points["labels"], dtype=torch.int32, device=self.device)[None],
+            }
+        with self.model.text_context(text), self._autocast():
+            out = self.model.track_step(index, cond, feats, pos, sizes, point_inputs, mask_input, output_dict,
+                                        len(self), track_in_reverse=reverse)
+        # keep only what the memory bank needs
+        return {k: out[k] for k in ("maskmem_features", "maskmem_pos_enc", "pred_masks", "obj_ptr",
+                                    "object_score_logits")}
+
+    def locate(self, prompt: str, stride: Optional[int] = None, cancel: Optional[CancelToken] = None,
+               progress: Optional[ProgressCallback] = None) -> tuple[int, np.ndarray]:
+        """Coarse text-only pass: object score on every ``stride``-th frame; returns (best frame, scores)."""
+        text = self.text(prompt)
+        stride = stride or max(1, math.ceil(len(self) / 16))
+        candidates = list(range(stride // 2, len(self), stride)) or [0]
+        tracker = ProgressTracker(progress, "locate", len(candidates))
+        scores = np.full(len(self), -np.inf, np.float32)
+        with torch.inference_mode():
+            for index in candidates:
+                if cancel:
+                    cancel.raise_if_cancelled()
+                out = self._step(index, True, text, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}})
+                scores[index] = float(out["object_score_logits"].float().max())
+                tracker.step(index)
+        return int(np.argmax(scores)), scores
+
+    def propagate(self, prompt: Optional[str], start_index: Optional[int] = None, direction: str = "both",
+                  mask_prompts: Optional[Mapping[int, np.ndarray]] = None,
+                  point_prompts: Optional[Mapping[int, dict]] = None, max_empty_run: Optional[int] = None,
+                  stop_when_unchanged: Optional[tuple[PropagationResult, int]] = None,
+                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                  key: Optional[str] = None) -> PropagationResult:
+        """Segment every frame for one prompt.
+
+        prompt: the text (None: visual prompts only, plain SAM-2 behaviour).
+        start_index: the conditioning frame; None picks it with :meth:`locate` (or the first prompted frame).
+        direction: "both", "forward" or "backward" from the start frame.
+        mask_prompts: {frame: bool (S, S) at model resolution} used as conditioning frames (kept exactly).
+        point_prompts: {frame: {"coords": (P, 2) model-space (x, y) pixels, "labels": (P,) 1/0}}.
+        max_empty_run: stop a direction after this many consecutive frames without the object.
+        stop_when_unchanged: (previous result, n): stop a direction once n consecutive frames equal the previous
+            result's masks (refinement); frames not reached keep the previous result.
+        key: name of the memory bank kept in ``self.states`` (defaults to the prompt).
+        Raises :class:`~.progress.Cancelled` when ``cancel`` is set (checked before every frame).
+        """
+        n = len(self)
+        if n == 0:
+            raise ValueError("no frames to segment")
+        mask_prompts = dict(mask_prompts or {})
+        point_prompts = dict(point_prompts or {})
+        if prompt is None and not mask_prompts and not point_prompts:
+            raise ValueError("give a text prompt or at least one mask or point prompt")
+        for index in (*mask_prompts, *point_prompts):
+            if not 0 <= index < n:
+                raise IndexError(f"prompted frame {index} is outside 0..{n - 1}")
+        text = self.text(prompt)
+        if start_index is None:
+            prompted = sorted({*mask_prompts, *point_prompts})
+            start_index = prompted[0] if prompted else self.locate(prompt, cancel=cancel, progress=progress)[0]
+        if not 0 <= start_index < n:
+            raise IndexError(f"start slice {start_index} is outside 0..{n - 1}")
+
+        size = self.model.image_size
+        low = size // 4
+        logits = torch.full((n, low, low), float("-inf"), dtype=torch.float16)
+        scores = np.full(n, -np.inf, np.float32)
+        order: list[int] = []
+        output_dict: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        cond_frames = sorted({start_index, *mask_prompts, *point_prompts})
+        forward = direction in ("both", "forward")
+        backward = direction in ("both", "backward")
+        todo = len(cond_frames) + (n - 1 - start_index if forward else 0) + (start_index if backward else 0)
+        tracker = ProgressTracker(progress, "propagate", todo)
+
+        def record(index: int, out: dict) -> None:
+            logits[index] = out["pred_masks"][0, 0].float().cpu().to(torch.float16)
+            scores[index] = float(out["object_score_logits"].float().max())
+            order.append(index)
+            tracker.step(index)
+
+        with torch.inference_mode():
+            for index in cond_frames:
+                if cancel:
+                    cancel.raise_if_cancelled()
+                out = self._step(index, True, text, output_dict, mask=mask_prompts.get(index),
+                                 points=point_prompts.get(index))
+                output_dict["cond_frame_outputs"][index] = out
+                record(index, out)
+            runs = ([(range(start_index + 1, n), False)] if forward else []) + (
+                [(range(start_index - 1, -1, -1), True)] if backward else [])
+            for frames, reverse in runs:
+                empty_run = same_run = 0
+                for index in frames:
+                    if cancel:
+                        cancel.raise_if_cancelled()
+                    if index in output_dict["cond_frame_outputs"]:
+                        continue  # a prompted frame keeps its own result
+                    out = self._step(index, False, text, output_dict, reverse=reverse)
+                    output_dict["non_cond_frame_outputs"][index] = out
+                    record(index, out)
+                    empty_run = empty_run + 1 if scores[index] <= 0 else 0
+                    if max_empty_run is not None and empty_run >= max_empty_run:
+                        log.info("stopping %s at frame %d after %d empty frames",
+                                 "backward" if reverse else "forward", index, empty_run)
+                        break
+                    if stop_when_unchanged is not None:
+                        previous, needed = stop_when_unchanged
+                        same = torch.equal(logits[index].float() > 0, previous.logits[index].float() > 0)
+                        same_run = same_run + 1 if same else 0
+                        if same_run >= needed:
+                            break
+        if stop_when_unchanged is not None:  # frames not revisited keep the previous result
+            previous = stop_when_unchanged[0]
+            untouched = torch.isinf(logits[:, 0, 0]) & (logits[:, 0, 0] < 0)
+            logits[untouched] = previous.logits[untouched]
+            scores[untouched.numpy()] = previous.scores[untouched.numpy()]
+        self.states[key or str(prompt)] = {"output_dict": output_dict, "start_index": start_index}
+        return PropagationResult(logits=logits, scores=scores, order=order, start_index=start_index, image_size=size)
+
+    def refine(self, prompt: Optional[str], previous: PropagationResult, frame: int, mask: np.ndarray,
+               unchanged_run: int = 3, progress: Optional[ProgressCallback] = None,
+               cancel: Optional[CancelToken] = None) -> PropagationResult:
+        """Re-propagate from a corrected frame in both directions, only as far as the result changes.
+
+        The corrected frame becomes a conditioning frame whose mask is kept exactly; each direction stops once
+        ``unchanged_run`` consecutive frames equal ``previous``. Encoded features are reused (no re-encoding).
+        """
+        prompts = {frame: mask}
+        prev_start = previous.start_index
+        if prev_start != frame and previous.scores[prev_start] > 0:
+            prompts[prev_start] = (previous.masks()[prev_start]).numpy()  # keep the original anchor
+        result = self.propagate(prompt, start_index=frame, mask_prompts=prompts,
+                                stop_when_unchanged=(previous, unchanged_run), progress=progress, cancel=cancel)
+        result.extra["changed"] = [i for i in result.order
+                                   if not torch.equal(result.logits[i] > 0, previous.logits[i] > 0)]
+        return result
