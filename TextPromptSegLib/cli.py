@@ -1,0 +1,242 @@
+"""The ``textpromptseg`` command line: segment, demo, models, info.
+
+Every user-caused failure ends with one line on stderr and exit status 2, and no output file is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import __version__
+
+log = logging.getLogger("textpromptseg")
+
+DEMO_PROMPT = "a soft-tissue sarcoma"
+DEMO_SAMPLE = ("Samples", "STS_002", "CT_image.nii.gz")
+DEMO_TRUTH = ("Samples", "STS_002", "CT_mask.nii.gz")
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _window(text: Optional[str]):
+    if text is None:
+        return None
+    if "," in text:
+        try:
+            centre, width = (float(v) for v in text.split(","))
+        except ValueError as exc:
+            raise UserError(f"--window takes a preset name or CENTRE,WIDTH, not {text!r}") from exc
+        return centre, width
+    return text
+
+
+def _progress_bar(total_hint: int = 0):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_hint or None, unit="slice", dynamic_ncols=True, file=sys.stderr)
+    state = {"phase": None}
+
+    def callback(event) -> None:
+        if event.phase != state["phase"]:
+            state["phase"] = event.phase
+            bar.reset(total=event.total)
+        bar.set_description(event.phase)
+        bar.n = event.done
+        bar.refresh()
+
+    return bar, callback
+
+
+def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: Optional[str], device: Optional[str],
+                axis: Optional[str], start_slice: Optional[int], window, overlay: Optional[Path],
+                names: Optional[list[str]] = None):
+    """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix."""
+    from .engine.device import DeviceError, pick_device
+    from .engine.pipeline import SegmentRequest, segment_volume
+    from .io.volumes import InputError, read_volume
+    from .io.writers import SegmentSpec, write_labelmap, write_overlay_png, write_seg_nrrd
+    from .modeling.checkpoint import CheckpointError
+    from .registry import RegistryError, load_model
+
+    prompts = [p.strip() for p in prompts]
+    if not prompts or any(not p for p in prompts):
+        raise UserError("every --prompt must be a non-empty description of what to segment")
+    suffixes = "".join(output.suffixes).lower()
+    if suffixes not in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha"):
+        raise UserError(f"output must end with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha: {output}")
+    try:
+        volume = read_volume(input_path)
+        dev = pick_device(device)
+        model = load_model(model_name, device=str(dev))
+    except (InputError, DeviceError, RegistryError, CheckpointError) as exc:
+        raise UserError(str(exc)) from exc
+    if start_slice is not None and not 0 <= start_slice:
+        raise UserError("--start-slice must be a slice index (0 or more)")
+    if dev.type == "cpu":
+        n = max(volume.shape)
+        log.info("running on the CPU: expect roughly %d-%d s for %d prompt(s)", n * len(prompts) // 10,
+                 n * len(prompts) // 2 + 5, len(prompts))
+    bar, callback = _progress_bar()
+    requests = [SegmentRequest(p, name=(names[i] if names and i < len(names) else None)) for i, p in enumerate(prompts)]
+    try:
+        result = segment_volume(volume, requests, model, device=str(dev), axis=axis, start_slice=start_slice,
+                                window=window, progress=callback)
+    except (ValueError, IndexError) as exc:
+        raise UserError(str(exc)) from exc
+    finally:
+        bar.close()
+    if suffixes == ".seg.nrrd":
+        write_seg_nrrd(volume, [SegmentSpec(s.mask, s.name, s.color, s.prompt) for s in result.segments], output)
+    else:
+        write_labelmap(volume, result.labelmap(), output)
+    if overlay is not None:
+        from .engine.pipeline import PreparedVolume
+
+        prepared = PreparedVolume(volume, model.image_size, axis, window)
+        write_overlay_png(volume, [s.mask for s in result.segments], [s.color for s in result.segments], overlay,
+                          frames=prepared.frames, frames_of=prepared.geometry.to_frames)
+    for seg in result.segments:
+        print(f"{seg.name}: {seg.slices_with_object} slices with the object, {seg.volume_ml:.1f} mL "
+              f"(start slice {seg.start_slice})")
+    return result
+
+
+def cmd_segment(args) -> int:
+    run_segment(Path(args.input), args.prompt, Path(args.output), args.model, args.device, args.axis,
+                args.start_slice, _window(args.window), Path(args.overlay) if args.overlay else None, args.name)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .resources import resource_path
+
+    sample = resource_path(*DEMO_SAMPLE)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    seg_path, png_path = out / "sarcoma.seg.nrrd", out / "sarcoma_overlay.png"
+    print(f"segmenting the bundled sample {sample.name} (TCIA soft-tissue sarcoma, CC BY 3.0) with "
+          f"'{DEMO_PROMPT}'")
+    result = run_segment(sample, [DEMO_PROMPT], seg_path, args.model, args.device, None, None, None, png_path,
+                         ["Sarcoma"])
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(resource_path(*DEMO_TRUTH)))) > 0
+    mask = result.segments[0].mask
+    dice = 2 * np.logical_and(mask, truth).sum() / max(1, mask.sum() + truth.sum())
+    print(f"Dice against the reference tumour outline: {dice:.3f}")
+    print(f"wrote {seg_path} and {png_path}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import registry
+
+    if args.action == "list":
+        default = registry.default_model_name()
+        for name, entry in registry.entries().items():
+            mark = "*" if name == default else " "
+            where = "bundled" if entry.bundled else f"download ({', '.join(f['name'] for f in entry.files)})"
+            print(f"{mark} {name:26s} {entry.kind:14s} {where}\n    {entry.description}\n    licence: {entry.licence}")
+        return 0
+    if not args.name:
+        raise UserError(f"models {args.action} needs a model name (see: textpromptseg models list)")
+    try:
+        if args.action == "download":
+            bar, _ = _progress_bar()
+
+            def progress(done, total):
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            registry.resolve(args.name, download_missing=True, progress=progress)
+            bar.close()
+        paths = registry.verify(args.name)
+    except registry.RegistryError as exc:
+        raise UserError(str(exc)) from exc
+    for p in paths:
+        print(f"ok {p}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    print(f"textpromptseg {__version__}, Python {platform.python_version()} on {platform.platform()}")
+    for module in ("torch", "sam2", "transformers", "SimpleITK", "numpy"):
+        try:
+            mod = __import__(module)
+            print(f"  {module} {getattr(mod, '__version__', getattr(mod, 'Version', lambda: '?')())}")
+        except ImportError:
+            print(f"  {module}: not installed")
+    from .engine.device import pick_device
+
+    print(f"  default device: {pick_device(None)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textpromptseg", description="Text-prompted segmentation of medical "
+                                     "volumes and sequences (TGSAM-2).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment a volume, one segment per prompt")
+    seg.add_argument("input", help="NIfTI, NRRD, MHA, a DICOM series folder, or a folder of frames")
+    seg.add_argument("--prompt", "-p", action="append", required=True, help="what to segment (repeatable)")
+    seg.add_argument("--name", action="append", help="segment name for the prompt at the same position")
+    seg.add_argument("-o", "--output", required=True, help="output .seg.nrrd (Slicer) or label volume (.nii.gz)")
+    seg.add_argument("--model", help="registered model name or a checkpoint path (default: the bundled model)")
+    seg.add_argument("--device", help="cuda, mps, cpu or auto (default)")
+    seg.add_argument("--axis", choices=("axial", "coronal", "sagittal"), help="slicing axis (default: acquisition)")
+    seg.add_argument("--start-slice", type=int, help="slice to start from (default: the most confident slice)")
+    seg.add_argument("--window", help="CT window preset (soft_tissue, lung, bone, brain, ...) or CENTRE,WIDTH")
+    seg.add_argument("--overlay", help="also write a PNG with the outline on a few slices")
+    seg.set_defaults(func=cmd_segment)
+
+    demo = sub.add_parser("demo", help="segment the bundled sarcoma CT with the bundled model")
+    demo.add_argument("--output", default="textpromptseg-demo", help="output folder")
+    demo.add_argument("--model", help="model (default: the bundled model)")
+    demo.add_argument("--device")
+    demo.set_defaults(func=cmd_demo)
+
+    models = sub.add_parser("models", help="list, download or verify models")
+    models.add_argument("action", choices=("list", "download", "verify"))
+    models.add_argument("name", nargs="?")
+    models.set_defaults(func=cmd_models)
+
+    info = sub.add_parser("info", help="versions and devices")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    for noisy in ("transformers", "huggingface_hub", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    start = time.perf_counter()
+    try:
+        code = args.func(args)
+    except UserError as exc:
+        print(f"textpromptseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("textpromptseg: interrupted; no output written", file=sys.stderr)
+        return 130
+    log.debug("done in %.1f s", time.perf_counter() - start)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

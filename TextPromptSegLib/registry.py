@@ -1,0 +1,161 @@
+"""Model registry (``Resources/models.json``): names -> bundled folders or downloadable files with SHA-256.
+
+Downloads go to a user cache (``TEXTPROMPTSEG_CACHE`` or ``~/.cache/textpromptseg``) through a ``.part`` file and
+are verified before they are renamed into place. A registry entry whose ``sha256`` is still null (Meta publishes
+no checksums) is pinned on first download: the digest is written beside the file and checked on every later
+use. A local file or folder can always be given instead of a name (offline sites). No torch import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .resources import resource_path
+
+
+class RegistryError(RuntimeError):
+    """A model name is unknown, a file is missing, or a checksum does not match."""
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    kind: str
+    description: str
+    licence: str
+    config: Optional[str]
+    bundled: Optional[str]
+    files: list[dict[str, Any]]
+
+
+def load_registry(path: Optional[Path] = None) -> dict[str, Any]:
+    return json.loads(Path(path or resource_path("models.json")).read_text())
+
+
+def entries(path: Optional[Path] = None) -> dict[str, ModelEntry]:
+    data = load_registry(path)
+    return {name: ModelEntry(name, e["kind"], e.get("description", ""), e.get("licence", ""), e.get("config"),
+                             e.get("bundled"), e.get("files", [])) for name, e in data["models"].items()}
+
+
+def default_model_name(path: Optional[Path] = None) -> str:
+    return load_registry(path)["default"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TEXTPROMPTSEG_CACHE", Path.home() / ".cache" / "textpromptseg"))
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, target: Path, expected_sha256: Optional[str],
+             progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Path:
+    """Fetch ``url`` into ``target`` via ``target.part``; verify (or pin) the SHA-256. Supports file:// URLs."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            total = getattr(response, "length", None) or int(response.headers.get("Content-Length") or 0) or None
+            done = 0
+            while block := response.read(1 << 20):
+                out.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise RegistryError(f"download of {url} failed: {exc}. Offline, download it elsewhere and pass the file "
+                            f"path with --model.") from exc
+    digest = sha256(part)
+    if expected_sha256 and digest != expected_sha256:
+        part.unlink()
+        raise RegistryError(f"checksum mismatch for {url}: expected {expected_sha256}, got {digest}")
+    os.replace(part, target)
+    Path(str(target) + ".sha256").write_text(digest + "\n")
+    return target
+
+
+def verify(name: str, path: Optional[Path] = None) -> list[Path]:
+    """Check every file of a registered model against its checksum; returns the verified paths."""
+    entry = entries(path)[name]
+    if entry.bundled:
+        folder = resource_path(entry.bundled)
+        files = [folder / "model.safetensors", folder / "config.json"]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise RegistryError(f"bundled model {name} is missing {', '.join(map(str, missing))}")
+        pinned = folder / "SHA256SUMS"
+        if pinned.is_file():
+            for line in pinned.read_text().splitlines():
+                digest, filename = line.split()
+                if sha256(folder / filename) != digest:
+                    raise RegistryError(f"bundled model {name}: {filename} does not match SHA256SUMS")
+        return files
+    out = []
+    for spec in entry.files:
+        target = cache_dir() / name / spec["name"]
+        if not target.is_file():
+            raise RegistryError(f"{name} is not downloaded; run: textpromptseg models download {name}")
+        expected = spec.get("sha256") or _pinned(target)
+        if expected and sha256(target) != expected:
+            raise RegistryError(f"{target} does not match its checksum; delete it and download again")
+        out.append(target)
+    return out
+
+
+def _pinned(target: Path) -> Optional[str]:
+    pin = Path(str(target) + ".sha256")
+    return pin.read_text().strip() if pin.is_file() else None
+
+
+def resolve(name_or_path: Optional[str], download_missing: bool = False,
+            progress: Optional[Callable[[int, Optional[int]], None]] = None,
+            path: Optional[Path] = None) -> tuple[str, Path, Optional[str]]:
+    """-> (kind, local path, config preset). A path is used as is (folder: our format; .pt: official SAM-2)."""
+    name_or_path = name_or_path or default_model_name(path)
+    candidate = Path(name_or_path)
+    if candidate.exists():
+        kind = "sam2-official" if candidate.suffix == ".pt" else "tgsam2"
+        return kind, candidate, None
+    known = entries(path)
+    if name_or_path not in known:
+        raise RegistryError(f"unknown model {name_or_path!r}; known: {', '.join(known)} (or give a path)")
+    entry = known[name_or_path]
+    if entry.bundled:
+        verify(name_or_path, path)
+        return entry.kind, resource_path(entry.bundled), entry.config
+    targets = []
+    for spec in entry.files:
+        target = cache_dir() / entry.name / spec["name"]
+        if not target.is_file():
+            if not download_missing:
+                raise RegistryError(f"{entry.name} is not downloaded; run: textpromptseg models download {entry.name}")
+            download(spec["url"], target, spec.get("sha256"), progress)
+        targets.append(target)
+    verify(name_or_path, path)
+    return entry.kind, targets[0], entry.config
+
+
+def load_model(name_or_path: Optional[str] = None, device: str = "cpu", download_missing: bool = False):
+    """Build the registered (or given) model, ready for inference."""
+    from .modeling.build import build_model
+
+    kind, local, preset = resolve(name_or_path, download_missing)
+    if kind == "sam2-official":
+        return build_model(preset or "hiera_s", checkpoint=local, device=device)
+    if kind != "tgsam2":
+        raise RegistryError(f"model kind {kind!r} is not supported for segmentation yet")
+    return build_model(local, device=device)
