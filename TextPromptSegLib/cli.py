@@ -217,11 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="versions and devices")
     info.set_defaults(func=cmd_info)
+
+    from .training.commands import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "structure", "unset") is None:
+        args.structure = ["left atrium", "sarcoma"]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("transformers", "huggingface_hub", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
