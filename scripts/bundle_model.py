@@ -1,0 +1,21 @@
+"""Copy a trained checkpoint into Resources/Models/<name> as fp16 safetensors with SHA256SUMS.
+
+    python scripts/bundle_model.py runs/small/last tgsam2-small-la-sts
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from TextPromptSegLib.modeling.build import build_model
+from TextPromptSegLib.modeling.checkpoint import save_checkpoint
+from TextPromptSegLib.registry import sha256
+
+source, name = Path(sys.argv[1]), sys.argv[2]
+target = Path(__file__).resolve().parents[1] / "Resources" / "Models" / name
+model = build_model(source)
+save_checkpoint(model, target, half=True, metadata={"source": str(source)})
+sums = "".join(f"{sha256(target / f)}  {f}\n" for f in ("model.safetensors", "config.json"))
+(target / "SHA256SUMS").write_text(sums)
+print(f"bundled {name}: {(target / 'model.safetensors').stat().st_size / 1e6:.1f} MB")
