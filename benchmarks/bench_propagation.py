@@ -1,0 +1,69 @@
+"""Propagation speed: our engine vs sam2's video predictor on the same weights and frames, in one run.
+
+    python benchmarks/bench_propagation.py --configs tiny hiera_s --sizes 512 1024 --frames 8
+
+Prints slices/s, ms/slice, peak host RSS and peak GPU memory, the speed ratio, and the fraction of pixels where
+the two outputs differ (equal output is part of the measurement). Random weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vanilla import build_pair, compare, synthetic_frames  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["tiny", "hiera_s"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[512])
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from TextPromptSegLib.modeling.config import TextEncoderConfig, get_config
+    from TextPromptSegLib.modeling.testing import make_tiny_text_encoder
+
+    text_dir = make_tiny_text_encoder(Path(tempfile.mkdtemp()) / "bert")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}, device {device}")
+    print("| config | size | frames | ours ms/slice | ours slices/s | vanilla ms/slice | ratio | differ | "
+          "peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.configs:
+        for size in args.sizes:
+            config = get_config(name, image_size=size)
+            config.text = TextEncoderConfig(model_id_or_path=str(text_dir), max_length=16)
+            ours, vanilla = build_pair(config)
+            frames = synthetic_frames(args.frames, size)
+            yy, xx = np.mgrid[:size, :size]
+            prompt = (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
+            compare(ours, vanilla, frames[:2], prompt, args.batch)  # warm-up
+            result = compare(ours, vanilla, frames, prompt, args.batch)
+            n = args.frames
+            print(f"| {name} | {size} | {n} | {1000 * result.ours_seconds / n:.0f} | {n / result.ours_seconds:.2f} | "
+                  f"{1000 * result.vanilla_seconds / n:.0f} | {result.vanilla_seconds / result.ours_seconds:.2f}x | "
+                  f"{result.disagreement:.4%} | {peak_rss_mb():.0f} |", flush=True)
+            if device == "cuda":
+                print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
