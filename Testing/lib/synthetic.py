@@ -69,7 +69,7 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-3, fade_after: int | None = None,
-          both_objects: bool = True) -> list[float]:
+          both_objects: bool = True, fade_contrast: float = 0.04) -> list[float]:
     """Train all but the frozen text encoder on text-only prompts; returns the loss curve."""
     size = model.image_size
     params = [p for n, p in model.named_parameters() if not n.startswith("text_encoder.")]
@@ -78,7 +78,7 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
     losses = []
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
-        images, discs, squares = make_sequences(batch, frames, size, seed * 100_000 + step, fade_after)
+        images, discs, squares = make_sequences(batch, frames, size, seed * 100_000 + step, fade_after, fade_contrast)
         names = ["disc" if not both_objects or torch.rand((), generator=gen) < 0.5 else "square" for _ in range(batch)]
         prompts = [PROMPTS[k][int(torch.randint(2, (), generator=gen))] for k in names]
         target = torch.stack([discs[i] if k == "disc" else squares[i] for i, k in enumerate(names)])

@@ -1,5 +1,8 @@
-"""The memory bank is used (issue 2, must-show 4): the object fades to near-invisible contrast in later frames
-while moving smoothly; tracking with memory must beat the same model without memory."""
+"""The memory bank is used (issue 2, must-show 4): the objects fade to a contrast below the noise in later frames
+while moving smoothly; tracking with memory must beat the same model without memory.
+
+One thread: multi-threaded CPU reductions change the training trajectory from run to run; one thread makes the
+run deterministic, so the margin measured here is the margin CI sees."""
 
 from __future__ import annotations
 
@@ -12,7 +15,15 @@ from TextPromptSegLib.modeling.testing import build_tiny_model
 
 @pytest.mark.slow
 def test_memory_beats_no_memory_on_faded_frames(tiny_text_encoder_dir):
-    torch.set_num_threads(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_memory_margin(tiny_text_encoder_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_memory_margin(tiny_text_encoder_dir) -> None:
     model = build_tiny_model(tiny_text_encoder_dir, seed=1)
     train(model, steps=300, batch=4, frames=4, seed=5, lr=2e-3, fade_after=2, both_objects=False)
 
