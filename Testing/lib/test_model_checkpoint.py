@@ -77,7 +77,7 @@ def test_official_sam2_checkpoint_loads_with_smaller_memory_bank(tiny_text_encod
     assert torch.equal(state["maskmem_tpos_enc"], official.state_dict()["maskmem_tpos_enc"][:4])
     key = "sam_mask_decoder.iou_token.weight"
     assert torch.equal(state[key], official.state_dict()[key])
-    assert float(model.text_prompt.gate) == 0.0  # adapters keep their zero init
+    assert model.text_prompt.gate.item() == 0.0  # adapters keep their zero init
 
     bad = dict(official.state_dict(), stray_key=torch.zeros(1))
     torch.save({"model": bad}, path)
