@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from TextPromptSegLib.training.losses import dice_bce_loss
+
 PROMPTS = {"disc": ("the bright disc", "a bright round disc"), "square": ("the dark square", "a dark square")}
 
 
@@ -59,15 +61,6 @@ def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(((2 * inter + 1e-6) / (pred.sum(1) + target.sum(1) + 1e-6)).mean())
 
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice + BCE on mask logits (any shape, same as the boolean target)."""
-    target = target.float()
-    prob = torch.sigmoid(logits)
-    inter = (prob * target).flatten(1).sum(1)
-    d = 1 - (2 * inter + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
-    return d.mean() + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-
-
 def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-3, fade_after: int | None = None,
           both_objects: bool = True, fade_contrast: float = 0.04) -> list[float]:
     """Train all but the frozen text encoder on text-only prompts; returns the loss curve."""
@@ -84,7 +77,7 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
         target = torch.stack([discs[i] if k == "disc" else squares[i] for i, k in enumerate(names)])
         out = model.forward_sequence(images, model.encode_text(prompts))
         logits = out["mask_logits"][:, :, 0]
-        loss = seg_loss(logits.flatten(0, 1), target.flatten(0, 1))
+        loss = dice_bce_loss(logits.flatten(0, 1), target.flatten(0, 1))
         loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(
             out["object_score_logits"], torch.ones_like(out["object_score_logits"]))
         opt.zero_grad()

@@ -9,7 +9,7 @@ padded at the bottom/right; :meth:`FrameTransform.logits_to_frame` crops the pad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
@@ -111,11 +111,3 @@ class FrameTransform:
         out[:h, :w] = np.asarray(mask, bool)[np.ix_(rows, cols)]
         return out
 
-
-def frame_getter(frames: np.ndarray, transform: FrameTransform, window: Optional[Window] = None):
-    """A lazy ``get(indices) -> (b, 3, S, S)`` over normalised frames (N, H, W[, 3]) for the Propagator."""
-
-    def get(indices):
-        return transform.frames_to_model(frames[list(indices)])
-
-    return get

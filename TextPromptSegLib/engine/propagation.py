@@ -76,12 +76,17 @@ class PropagationResult:
     image_size: int
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def masks(self, size: Optional[int] = None) -> torch.Tensor:
-        """(N, size, size) bool; ``size`` defaults to the model input size."""
+    def mask(self, index: int, size: Optional[int] = None) -> torch.Tensor:
+        """(size, size) bool mask of one frame."""
+        return self.masks(size, indices=[index])[0]
+
+    def masks(self, size: Optional[int] = None, indices: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """(N, size, size) bool (or only the frames in ``indices``); ``size`` defaults to the model input size."""
         size = size or self.image_size
-        out = torch.zeros((self.logits.shape[0], size, size), dtype=torch.bool)
-        for start in range(0, self.logits.shape[0], 32):  # bounded memory at 1024
-            chunk = self.logits[start : start + 32].float()[:, None]
+        logits = self.logits if indices is None else self.logits[list(indices)]
+        out = torch.zeros((logits.shape[0], size, size), dtype=torch.bool)
+        for start in range(0, logits.shape[0], 32):  # bounded memory at 1024
+            chunk = logits[start : start + 32].float()[:, None]
             up = F.interpolate(chunk.nan_to_num(neginf=-1024.0), size=(size, size), mode="bilinear",
                                align_corners=False)
             out[start : start + 32] = up[:, 0] > 0
@@ -348,7 +353,7 @@ class Session:
         prompts = {frame: mask}
         prev_start = previous.start_index
         if prev_start != frame and previous.scores[prev_start] > 0:
-            prompts[prev_start] = (previous.masks()[prev_start]).numpy()  # keep the original anchor
+            prompts[prev_start] = previous.mask(prev_start).numpy()  # keep the original anchor
         result = self.propagate(prompt, start_index=frame, mask_prompts=prompts,
                                 stop_when_unchanged=(previous, unchanged_run), progress=progress, cancel=cancel)
         result.extra["changed"] = [i for i in result.order
