@@ -60,7 +60,8 @@ class TextPromptSeg(ScriptedLoadableModule):
 class TextPromptSegParameterNode:
     """inputVolume / outputSegmentation: the nodes; prompts: one per line; model: registry name or path ('' =
     bundled default); device: auto, cuda, mps or cpu; startSlice: -1 = automatic; axis: auto, axial, coronal or
-    sagittal; maxEmptyRun: 0 = propagate through the whole volume."""
+    sagittal; direction: both, forward or backward from the start slice; maxEmptyRun: 0 = propagate through the
+    whole volume."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -69,6 +70,7 @@ class TextPromptSegParameterNode:
     device: str = "auto"
     startSlice: int = -1
     axis: str = "auto"
+    direction: str = "both"
     maxEmptyRun: int = 0
 
 
@@ -193,7 +195,8 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.outputSegmentation.CreateDefaultDisplayNodes()
             self._job = self.logic.start(p.inputVolume, p.prompts.splitlines(), model=p.model or None,
                                          device=p.device, start_slice=None if p.startSlice < 0 else p.startSlice,
-                                         axis=None if p.axis == "auto" else p.axis)
+                                         axis=None if p.axis == "auto" else p.axis, direction=p.direction,
+                                         max_empty_run=p.maxEmptyRun or None)
             self.ui.segmentButton.enabled = False
             self.ui.cancelButton.enabled = True
             self.ui.progressBar.value = 0

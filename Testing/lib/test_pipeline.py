@@ -34,6 +34,17 @@ def test_bidirectional_propagation_from_a_middle_slice(la_volume, tiny_model):
     assert [e.done for e in events if e.phase == "propagate"] == list(range(1, n + 1))
 
 
+@pytest.mark.parametrize("direction,expected", [("forward", [7, 8, 9]), ("backward", [7, 6, 5])])
+def test_one_direction_only(la_volume, tiny_model, direction, expected):
+    result = segment_volume(la_volume, [SegmentRequest("the left atrium")], tiny_model, start_slice=7,
+                            direction=direction)
+    seg = result.segments[0]
+    assert seg.propagation.order[:3] == expected
+    untouched = range(0, 7) if direction == "forward" else range(8, la_volume.shape[0])
+    assert all(np.isinf(seg.slice_scores[i]) for i in untouched)
+    assert not result.geometry.to_frames(seg.mask)[list(untouched)].any()
+
+
 def test_encoding_is_batched_and_shared_between_prompts(la_volume, tiny_model):
     propagator = Propagator(tiny_model, "cpu", encode_batch_size=4)
     prepared = PreparedVolume(la_volume, tiny_model.image_size)

@@ -56,6 +56,7 @@ def test_combo_box_choices_match_what_the_logic_accepts():
 
     assert items("deviceComboBox") == ["auto", "cuda", "mps", "cpu"]
     assert items("axisComboBox") == ["auto", "axial", "coronal", "sagittal"]
+    assert items("directionComboBox") == ["both", "forward", "backward"]
 
 
 def test_cmake_and_s4ext_agree():

@@ -182,7 +182,8 @@ class TextPromptSegLogic:
 
     # ------------------------------------------------------------------ running
     def start(self, volume_node, prompts: Sequence[str], model: Optional[str] = None, device: str = "auto",
-              start_slice: Optional[int] = None, axis: Optional[str] = None, window=None) -> SegmentationJob:
+              start_slice: Optional[int] = None, axis: Optional[str] = None, window=None,
+              direction: str = "both", max_empty_run: Optional[int] = None) -> SegmentationJob:
         """Validate on the calling (main) thread, copy the voxels, and run the model on the worker thread."""
         from TextPromptSegLib.engine.pipeline import SegmentRequest, segment_volume
         from TextPromptSegLib.engine.progress import Cancelled, CancelToken
@@ -202,7 +203,8 @@ class TextPromptSegLogic:
 
                 dev = str(pick_device(None if device in (None, "", "auto") else device))
                 job.result = segment_volume(volume, requests, self._model(model, dev), device=dev, axis=axis,
-                                            start_slice=start_slice, window=window, progress=job.events.put,
+                                            start_slice=start_slice, window=window, direction=direction,
+                                            max_empty_run=max_empty_run, progress=job.events.put,
                                             cancel=job.cancel)
             except Cancelled as exc:
                 job.error = exc

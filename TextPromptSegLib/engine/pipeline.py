@@ -94,17 +94,21 @@ class PreparedVolume:
 def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=None, *, propagator=None,
                    device: Optional[str] = None, axis: Optional[str] = None, start_slice: Optional[int] = None,
                    window: Window = None, encode_batch_size: int = 8, max_empty_run: Optional[int] = None,
+                   direction: str = "both",
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                    session=None, prepared: Optional[PreparedVolume] = None) -> VolumeSegmentation:
     """Segment ``volume`` once per request. Give a built ``model`` or a ``propagator``.
 
     start_slice: index along the slicing axis (the voxel index on that axis); None picks it per prompt from a
-    coarse pass. Raises ValueError for empty prompts, ``Cancelled`` when cancelled (nothing is returned).
+    coarse pass. direction: "both", "forward" (increasing slice index) or "backward" from the start slice; slices
+    not reached stay empty. Raises ValueError for empty prompts, ``Cancelled`` when cancelled (nothing is returned).
     """
     from .propagation import Propagator
 
     if not requests:
         raise ValueError("at least one prompt is needed")
+    if direction not in ("both", "forward", "backward"):
+        raise ValueError(f"direction must be 'both', 'forward' or 'backward', not {direction!r}")
     for request in requests:
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise ValueError("a text prompt must not be empty")
@@ -130,7 +134,8 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
                                      label + event.message))
 
         result = session.propagate(request.prompt.strip(), start_index=start_slice, mask_prompts=masks,
-                                   point_prompts=points, max_empty_run=max_empty_run, progress=relay, cancel=cancel)
+                                   point_prompts=points, max_empty_run=max_empty_run, direction=direction,
+                                   progress=relay, cancel=cancel)
         frame_masks = np.zeros(prepared.frames.shape[:3], bool)
         for start in range(0, len(prepared), 16):
             frame_masks[start : start + 16] = transform.logits_to_frame(result.logits[start : start + 16])
