@@ -64,7 +64,7 @@ class Match:
 
 @lru_cache(maxsize=1)
 def load_library() -> tuple[PromptEntry, ...]:
-    data = json.loads(resource_path("prompt_library.json").read_text())
+    data = json.loads(resource_path("prompt_library.json").read_text(encoding="utf-8"))
     return tuple(PromptEntry(e["id"], e["name"], dict(e["prompts"]), tuple(e.get("synonyms", ())),
                              e["terminology"], tuple(e["color"]), e.get("modality", "any"), e.get("window"),
                              bool(e.get("tpp_benchmark", False))) for e in data["entries"])

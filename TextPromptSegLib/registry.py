@@ -36,7 +36,7 @@ class ModelEntry:
 
 
 def load_registry(path: Optional[Path] = None) -> dict[str, Any]:
-    return json.loads(Path(path or resource_path("models.json")).read_text())
+    return json.loads(Path(path or resource_path("models.json")).read_text(encoding="utf-8"))
 
 
 def entries(path: Optional[Path] = None) -> dict[str, ModelEntry]:
@@ -84,7 +84,7 @@ def download(url: str, target: Path, expected_sha256: Optional[str],
         part.unlink()
         raise RegistryError(f"checksum mismatch for {url}: expected {expected_sha256}, got {digest}")
     os.replace(part, target)
-    Path(str(target) + ".sha256").write_text(digest + "\n")
+    Path(str(target) + ".sha256").write_text(digest + "\n", encoding="utf-8")
     return target
 
 
@@ -99,7 +99,7 @@ def verify(name: str, path: Optional[Path] = None) -> list[Path]:
             raise RegistryError(f"bundled model {name} is missing {', '.join(map(str, missing))}")
         pinned = folder / "SHA256SUMS"
         if pinned.is_file():
-            for line in pinned.read_text().splitlines():
+            for line in pinned.read_text(encoding="utf-8").splitlines():
                 digest, filename = line.split()
                 if sha256(folder / filename) != digest:
                     raise RegistryError(f"bundled model {name}: {filename} does not match SHA256SUMS")
@@ -118,7 +118,7 @@ def verify(name: str, path: Optional[Path] = None) -> list[Path]:
 
 def _pinned(target: Path) -> Optional[str]:
     pin = Path(str(target) + ".sha256")
-    return pin.read_text().strip() if pin.is_file() else None
+    return pin.read_text(encoding="utf-8").strip() if pin.is_file() else None
 
 
 def resolve(name_or_path: Optional[str], download_missing: bool = False,

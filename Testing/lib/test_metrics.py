@@ -51,7 +51,7 @@ def test_evaluate_writes_the_table(shared_data, tiny_model, tmp_path):
                               tmp_path / f"{case_id}_lab.nii.gz", (1,), "a soft-tissue sarcoma"))
     scores = evaluate_cases(tiny_model, cases, start_slice=3)
     report = write_report(scores, tmp_path / "eval")
-    table = report.read_text()
+    table = report.read_text(encoding="utf-8")
     assert "| sarcoma | 2 |" in table and "DSC" in table
     data = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert [c["case_id"] for c in data["cases"]] == ["STS_008", "STS_019"]

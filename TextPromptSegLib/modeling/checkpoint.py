@@ -39,7 +39,7 @@ def read_config(path: Union[str, Path]) -> TGSAM2Config:
     """The TGSAM2Config stored beside a checkpoint."""
     _, config_path = _paths(Path(path))
     try:
-        data = json.loads(config_path.read_text())
+        data = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint config not found: {config_path}") from exc
     except json.JSONDecodeError as exc:
@@ -70,7 +70,7 @@ def save_checkpoint(model: torch.nn.Module, folder: Union[str, Path], half: bool
     save_file(state, str(tmp), metadata={"format": FORMAT})
     tmp.replace(folder / WEIGHTS)
     info = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config.to_dict(), "metadata": metadata or {}}
-    (folder / CONFIG).write_text(json.dumps(info, indent=2))
+    (folder / CONFIG).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 
 

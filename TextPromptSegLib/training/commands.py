@@ -38,7 +38,7 @@ def cmd_evaluate(args) -> int:
     if args.limit:
         cases = cases[: args.limit]
     report = write_report(evaluate_cases(model, cases, device=args.device), Path(args.out))
-    print(report.read_text())
+    print(report.read_text(encoding="utf-8"))
     return 0
 
 
@@ -48,7 +48,7 @@ def cmd_train(args) -> int:
     from .data import ClipSampler, default_splits, la2018_cases, sarcoma_cases
     from .trainer import TrainConfig, Trainer
 
-    spec = json.loads(Path(args.config).read_text())
+    spec = json.loads(Path(args.config).read_text(encoding="utf-8"))
     root = Path(spec.get("data", args.data))
     model_cfg = get_config(spec.get("model", "small"), image_size=spec.get("image_size"))
     model = build_model(model_cfg, device=args.device or "cpu")

@@ -70,7 +70,7 @@ def sarcoma_cases(root: Path, image_size: int, ids: list[str]) -> list[Case]:
 def default_splits(root: Path) -> dict[str, dict[str, list[str]]]:
     """Fixed splits by case id: LA2018 first 70 sorted ids train, last 10 validation; sarcoma: STS_001..018
     train except STS_002 (the bundled demo case), STS_019..024 and STS_002 validation."""
-    la = sorted(json.loads((root / "manifest.json").read_text())["la2018_train_cases"])
+    la = sorted(json.loads((root / "manifest.json").read_text(encoding="utf-8"))["la2018_train_cases"])
     sts = sorted(p.name for p in (root / "sts_sarcoma").iterdir() if p.name.startswith("STS_"))
     return {
         "la2018": {"train": la[:70], "val": la[70:]},

@@ -79,7 +79,7 @@ def write_report(scores: list[CaseScore], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table, data = summary_table(scores)
-    (out_dir / "results.md").write_text(table + "\n")
+    (out_dir / "results.md").write_text(table + "\n", encoding="utf-8")
     (out_dir / "results.json").write_text(json.dumps(
-        {"summary": data, "cases": [asdict(s) for s in scores]}, indent=2, default=float))
+        {"summary": data, "cases": [asdict(s) for s in scores]}, indent=2, default=float), encoding="utf-8")
     return out_dir / "results.md"

@@ -102,7 +102,7 @@ class Trainer:
     def fit(self, steps: Optional[int] = None, log_every: int = 20) -> list[float]:
         steps = steps if steps is not None else self.config.steps
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        (self.out_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2), encoding="utf-8")
         log_path = self.out_dir / "log.csv"
         new = not log_path.exists()
         losses: list[float] = []
