@@ -59,7 +59,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
                 names: Optional[list[str]] = None):
     """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix."""
     from .engine.device import DeviceError, pick_device
-    from .engine.pipeline import SegmentRequest, segment_volume
+    from .engine.pipeline import PreparedVolume, SegmentRequest, segment_volume
     from .io.volumes import InputError, read_volume
     from .io.writers import SegmentSpec, write_labelmap, write_overlay_png, write_seg_nrrd
     from .modeling.checkpoint import CheckpointError
@@ -86,8 +86,9 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     bar, callback = _progress_bar()
     requests = [SegmentRequest(p, name=(names[i] if names and i < len(names) else None)) for i, p in enumerate(prompts)]
     try:
-        result = segment_volume(volume, requests, model, device=str(dev), axis=axis, start_slice=start_slice,
-                                window=window, progress=callback)
+        prepared = PreparedVolume(volume, model.image_size, axis, window)
+        result = segment_volume(volume, requests, model, device=str(dev), start_slice=start_slice,
+                                progress=callback, prepared=prepared)
     except (ValueError, IndexError) as exc:
         raise UserError(str(exc)) from exc
     finally:
@@ -97,10 +98,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     else:
         write_labelmap(volume, result.labelmap(), output)
     if overlay is not None:
-        from .engine.pipeline import PreparedVolume
-
-        prepared = PreparedVolume(volume, model.image_size, axis, window)
-        write_overlay_png(volume, [s.mask for s in result.segments], [s.color for s in result.segments], overlay,
+        write_overlay_png([s.mask for s in result.segments], [s.color for s in result.segments], overlay,
                           frames=prepared.frames, frames_of=prepared.geometry.to_frames)
     for seg in result.segments:
         print(f"{seg.name}: {seg.slices_with_object} slices with the object, {seg.volume_ml:.1f} mL "

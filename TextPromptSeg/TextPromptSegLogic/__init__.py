@@ -29,9 +29,19 @@ def _vtk_matrix_to_numpy(matrix) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def geometry_from_node(volume_node) -> tuple[tuple, tuple, np.ndarray]:
+    """(spacing (x, y, z), origin, direction 3x3) in LPS from a volume node's IJK->RAS matrix."""
+    import vtk
+
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    lps = LPS_FROM_RAS @ _vtk_matrix_to_numpy(ijk_to_ras)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    return tuple(spacing), tuple(lps[:3, 3]), lps[:3, :3] / spacing
+
+
 def volume_from_node(volume_node, modality: Optional[str] = None):
     """A library ``Volume`` from a vtkMRMLScalarVolumeNode (voxels (z, y, x) and IJK->LPS geometry)."""
-    import vtk
     from vtkmodules.util import numpy_support
 
     from TextPromptSegLib.io.volumes import Volume, guess_modality
@@ -43,13 +53,9 @@ def volume_from_node(volume_node, modality: Optional[str] = None):
     components = image.GetNumberOfScalarComponents()
     array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
     array = array.reshape(dims[::-1] + ((components,) if components > 1 else ()))
-    ijk_to_ras = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(ijk_to_ras)
-    lps = LPS_FROM_RAS @ _vtk_matrix_to_numpy(ijk_to_ras)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    direction = lps[:3, :3] / spacing
     array = array.copy()  # the worker must not read a buffer the main thread may modify
-    return Volume(array, tuple(spacing), tuple(lps[:3, 3]), direction, modality or guess_modality(array))
+    spacing, origin, direction = geometry_from_node(volume_node)
+    return Volume(array, spacing, origin, direction, modality or guess_modality(array))
 
 
 def mask_to_oriented_image(mask: np.ndarray, volume_node):
@@ -194,7 +200,9 @@ class TextPromptSegLogic:
         if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
             raise ValueError("Select a scalar volume as input.")
         volume = volume_from_node(volume_node)
-        requests = [SegmentRequest(p, name=_display_name(p), color=_display_color(p)) for p in prompts]
+        entries = [_library_entry(p) for p in prompts]
+        requests = [SegmentRequest(p, name=e.name if e else p, color=e.color if e else None)
+                    for p, e in zip(prompts, entries)]
         job = SegmentationJob(cancel=CancelToken())
 
         def run() -> None:
@@ -258,14 +266,14 @@ class TextPromptSegLogic:
             segment.SetName(seg.name)
             segment.SetColor(*seg.color)
             segment.SetTag(PROMPT_TAG, seg.prompt)
-            terminology = _terminology(seg.prompt)
-            if terminology:
-                segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
+            match = match_prompt(seg.prompt)
+            if match.entry is not None:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), match.entry.terminology_tag)
             image = mask_to_oriented_image(seg.mask, volume_node)
             slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
                 image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
             outcomes.append(SegmentOutcome(seg.prompt, segment_id, seg.name, seg.slices_with_object, seg.volume_ml,
-                                           describe(match_prompt(seg.prompt))))
+                                           describe(match)))
         self.undo_stack.append((segmentation_node, saved))
         return outcomes
 
@@ -306,28 +314,14 @@ class TextPromptSegLogic:
         ras_to_ijk = vtk.vtkMatrix4x4()
         volume_node.GetRASToIJKMatrix(ras_to_ijk)
         ijk = _vtk_matrix_to_numpy(ras_to_ijk) @ np.array([*ras[:3], 1.0])
-        volume = volume_from_node(volume_node)
-        geometry = SliceGeometry.for_volume(volume.direction, volume.spacing, axis)
+        spacing, _, direction = geometry_from_node(volume_node)
+        geometry = SliceGeometry.for_volume(direction, spacing, axis)
         index = int(round(ijk[geometry.slice_axis]))
-        return min(max(index, 0), geometry.num_frames(volume.shape) - 1)
+        return min(max(index, 0), volume_node.GetImageData().GetDimensions()[geometry.slice_axis] - 1)
 
 
-def _display_name(prompt: str) -> str:
+def _library_entry(prompt: str):
+    """The prompt-library entry a prompt refers to (name, colour, terminology), or None for free text."""
     from TextPromptSegLib.prompts import match_prompt
 
-    entry = match_prompt(prompt).entry
-    return entry.name if entry else prompt
-
-
-def _display_color(prompt: str) -> Optional[tuple[float, float, float]]:
-    from TextPromptSegLib.prompts import match_prompt
-
-    entry = match_prompt(prompt).entry
-    return entry.color if entry else None
-
-
-def _terminology(prompt: str) -> str:
-    from TextPromptSegLib.prompts import match_prompt
-
-    entry = match_prompt(prompt).entry
-    return entry.terminology_tag if entry else ""
+    return match_prompt(prompt).entry

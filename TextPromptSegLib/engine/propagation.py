@@ -133,7 +133,6 @@ class Session:
         self._cache_size = 0
         self.encode_count = 0  # frames passed through the image encoder (tests: no re-encoding)
         self._text_cache: dict[str, Any] = {}
-        self.states: dict[str, dict[str, Any]] = {}  # per prompt key: the memory bank of its last run
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -253,8 +252,8 @@ class Session:
                   mask_prompts: Optional[Mapping[int, np.ndarray]] = None,
                   point_prompts: Optional[Mapping[int, dict]] = None, max_empty_run: Optional[int] = None,
                   stop_when_unchanged: Optional[tuple[PropagationResult, int]] = None,
-                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                  key: Optional[str] = None) -> PropagationResult:
+                  progress: Optional[ProgressCallback] = None,
+                  cancel: Optional[CancelToken] = None) -> PropagationResult:
         """Segment every frame for one prompt.
 
         prompt: the text (None: visual prompts only, plain SAM-2 behaviour).
@@ -265,7 +264,6 @@ class Session:
         max_empty_run: stop a direction after this many consecutive frames without the object.
         stop_when_unchanged: (previous result, n): stop a direction once n consecutive frames equal the previous
             result's masks (refinement); frames not reached keep the previous result.
-        key: name of the memory bank kept in ``self.states`` (defaults to the prompt).
         Raises :class:`~.progress.Cancelled` when ``cancel`` is set (checked before every frame).
         """
         n = len(self)
@@ -339,7 +337,6 @@ class Session:
             untouched = torch.isinf(logits[:, 0, 0]) & (logits[:, 0, 0] < 0)
             logits[untouched] = previous.logits[untouched]
             scores[untouched.numpy()] = previous.scores[untouched.numpy()]
-        self.states[key or str(prompt)] = {"output_dict": output_dict, "start_index": start_index}
         return PropagationResult(logits=logits, scores=scores, order=order, start_index=start_index, image_size=size)
 
     def refine(self, prompt: Optional[str], previous: PropagationResult, frame: int, mask: np.ndarray,

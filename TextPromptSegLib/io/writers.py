@@ -7,11 +7,10 @@ cancel never leaves a partial output file.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -122,9 +121,8 @@ def write_seg_nrrd(volume: Volume, segments: Sequence[SegmentSpec], path: Path) 
     return Path(path)
 
 
-def write_overlay_png(volume: Volume, masks: Sequence[np.ndarray], colors: Sequence[tuple[float, float, float]],
-                      path: Path, n_slices: int = 4, frames: Optional[np.ndarray] = None,
-                      frames_of=None) -> Path:
+def write_overlay_png(masks: Sequence[np.ndarray], colors: Sequence[tuple[float, float, float]], path: Path, *,
+                      frames: np.ndarray, frames_of: Callable[[np.ndarray], np.ndarray], n_slices: int = 4) -> Path:
     """A PNG strip of ``n_slices`` slices through the segmented region with each mask's outline in its colour.
 
     ``frames`` (N, H, W) in [0, 1] is the displayed image; ``frames_of(mask)`` maps a (z, y, x) mask to frames.
