@@ -71,8 +71,9 @@ class VolumeSegmentation:
 class PreparedVolume:
     """A volume made ready for a model: normalised frames along the slicing axis and the resize transform."""
 
-    def __init__(self, volume: Volume, image_size: int, axis: Optional[str] = None, window: Window = None) -> None:
-        self.volume = validate(volume)
+    def __init__(self, volume: Volume, image_size: int, axis: Optional[str] = None, window: Window = None,
+                 min_slices: int = 2) -> None:
+        self.volume = validate(volume, min_slices)
         self.geometry = SliceGeometry.for_volume(volume.direction, volume.spacing, axis)
         normalised = normalize_intensity(volume.array, volume.modality, window)
         self.frames = self.geometry.to_frames(normalised)  # (N, H, W[, 3]) view

@@ -84,13 +84,14 @@ def guess_modality(array: np.ndarray) -> str:
     return "CT" if np.issubdtype(sample.dtype, np.signedinteger) and sample.min() <= -500 else "unknown"
 
 
-def validate(volume: Volume) -> Volume:
-    """Reject what cannot be segmented; replace NaN/Inf voxels (with a warning) instead of failing."""
+def validate(volume: Volume, min_slices: int = MIN_SLICES) -> Volume:
+    """Reject what cannot be segmented; replace NaN/Inf voxels (with a warning) instead of failing.
+    ``min_slices=1`` admits single 2D frames (training data; segmenting one still needs ``MIN_SLICES``)."""
     array = volume.array
     if array.ndim not in (3, 4):
         raise InputError(f"a 3D volume or an RGB frame sequence is needed, got an array of shape {array.shape}")
-    if min(array.shape[:3]) < 1 or array.shape[0] < MIN_SLICES:
-        raise InputError(f"the volume has {array.shape[0]} slice(s): at least {MIN_SLICES} are needed "
+    if min(array.shape[:3]) < 1 or array.shape[0] < min_slices:
+        raise InputError(f"the volume has {array.shape[0]} slice(s): at least {min_slices} are needed "
                          "(for a single 2D image, use a 2D segmenter)")
     if min(array.shape[1:3]) < MIN_IN_PLANE:
         raise InputError(f"slices of {array.shape[1]}x{array.shape[2]} voxels are too small (at least "

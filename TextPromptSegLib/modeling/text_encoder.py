@@ -116,3 +116,75 @@ class TextEncoder(nn.Module):
     def _apply(self, fn, *args, **kwargs):  # moving devices invalidates cached features
         self._cache.clear()
         return super()._apply(fn, *args, **kwargs)
+
+
+class CachedTextEncoder(nn.Module):
+    """The frozen features of a text encoder for a fixed set of prompts, without the encoder itself.
+
+    For training on machines that cannot hold or download the encoder (GPU nodes without internet): export the
+    features of every training prompt once with :func:`export_text_features`, then build the model with
+    ``build_model(cfg, text_encoder=CachedTextEncoder.load(path))``. Checkpoints trained this way load with the
+    real encoder named in their config, since a frozen encoder's features are the same. Unknown prompts raise.
+    """
+
+    frozen = True
+
+    def __init__(self, features: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        if not features:
+            raise ValueError("no prompt features")
+        self._features = {p: f.float() for p, f in features.items()}
+        self._hidden = int(next(iter(self._features.values())).shape[-1])
+        self._device = torch.device("cpu")
+
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self._features)
+
+    @classmethod
+    def load(cls, path: Path) -> CachedTextEncoder:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        import json
+
+        names = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
+        return cls({prompt: tensors[f"p{i}"] for i, prompt in enumerate(names)})
+
+    def forward(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        unknown = [p for p in prompts if p not in self._features]
+        if unknown:
+            raise TextEncoderError(f"no cached features for prompts {unknown!r}; export them with the encoder first")
+        length = max(self._features[p].shape[0] for p in prompts)
+        out = torch.zeros(len(prompts), length, self._hidden, device=self._device)
+        mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=self._device)
+        for i, p in enumerate(prompts):
+            feat = self._features[p]
+            out[i, : feat.shape[0]] = feat.to(self._device)
+            mask[i, : feat.shape[0]] = True
+        return out, mask
+
+    def _apply(self, fn, *args, **kwargs):  # follow .to(device) without registering the features as state
+        self._device = fn(torch.zeros(())).device
+        return super()._apply(fn, *args, **kwargs)
+
+
+def export_text_features(encoder: TextEncoder, prompts: Sequence[str], path: Path) -> Path:
+    """Save the encoder's token features for ``prompts`` (safetensors + a JSON list of the prompts beside it)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    prompts = list(dict.fromkeys(prompts))
+    with torch.no_grad():
+        feats, mask = encoder(prompts)
+    tensors = {f"p{i}": feats[i, : int(mask[i].sum())].contiguous().cpu() for i in range(len(prompts))}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    path.with_suffix(".json").write_text(json.dumps(prompts, indent=1), encoding="utf-8")
+    return path

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def shared_eval_cases(root: Path, split: str, structures: list[str]):
-    from .data import PROMPTS, default_splits
+    from .data import BRATS_LABELS, PROMPTS, brats_volume, default_splits
     from .evaluate import EvalCase
 
     splits = default_splits(root)
@@ -26,6 +26,13 @@ def shared_eval_cases(root: Path, split: str, structures: list[str]):
             folder = root / "sts_sarcoma" / case_id
             cases.append(EvalCase(f"sts/{case_id}", "sarcoma", folder / "CT_image.nii.gz", folder / "CT_mask.nii.gz",
                                   (1,), PROMPTS["sarcoma"][0]))
+    if any(s in BRATS_LABELS for s in structures):
+        for case_id in splits["brats2013"][split]:
+            folder = root / "brats2013" / case_id
+            for structure in (s for s in structures if s in BRATS_LABELS):
+                cases.append(EvalCase(f"brats2013/{case_id}", structure, folder, folder / "label.nii.gz",
+                                      BRATS_LABELS[structure], PROMPTS[structure][0], reader=brats_volume,
+                                      others=BRATS_LABELS))
     return cases
 
 
@@ -34,7 +41,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_cases, write_report
 
     model = load_model(args.model, device=args.device or "cpu")
-    cases = shared_eval_cases(Path(args.data), args.split, args.structure)
+    cases = shared_eval_cases(Path(args.data), args.split, args.structure or ["left atrium", "sarcoma"])
     if args.limit:
         cases = cases[: args.limit]
     report = write_report(evaluate_cases(model, cases, device=args.device), Path(args.out))
@@ -42,28 +49,95 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _training_volumes(spec: dict, root: Path, base: Path):
+    """Frame volumes named by a training config: ``packed`` files (paths relative to the config), ``datasets``
+    read from the shared data folder (train split), ``shared_adapters`` (whole folders of the shared data, e.g.
+    ``totalseg_small``), ``nnunet`` folders (``{"folder": ..., "spec": optional prompt spec}``) and
+    ``sequences`` (``{"frames": ..., "masks": ..., "structure": ...}``), each repeated ``repeat[prefix]`` times
+    (the prefix of the case id, e.g. ``la2018``)."""
+    from .data import DATASETS, default_splits, load_pack
+    from .datasets import SHARED_ADAPTERS, nnunet_volumes, sequence_volume
+
+    volumes = []
+    for name in spec.get("packed", []):
+        volumes += load_pack(base / name)
+    for name in spec.get("shared_adapters", []):
+        volumes += SHARED_ADAPTERS[name](root)
+    for item in spec.get("nnunet", []):
+        volumes += nnunet_volumes(base / item["folder"], base / item["spec"] if item.get("spec") else None)
+    for item in spec.get("sequences", []):
+        volumes.append(sequence_volume(base / item["frames"], base / item["masks"], item["structure"],
+                                       item.get("prompts")))
+    others = ("packed", "shared_adapters", "nnunet", "sequences")
+    datasets = spec.get("datasets", [] if any(spec.get(k) for k in others) else ["la2018", "sts_sarcoma"])
+    if datasets:
+        splits = default_splits(root)
+        for name in datasets:
+            ids = splits[name]["train"][: spec.get(f"{name}_cases")]
+            volumes += DATASETS[name](root, ids)
+    margin = spec.get("crop_margin")
+    if margin is not None:
+        volumes = [v.cropped(int(margin)) for v in volumes]
+    repeat = spec.get("repeat", {})
+    return [v for v in volumes for _ in range(int(repeat.get(v.case_id.split("/")[0], 1)))]
+
+
 def cmd_train(args) -> int:
+    import torch
+
     from ..modeling.build import build_model
     from ..modeling.config import get_config
-    from .data import ClipSampler, default_splits, la2018_cases, sarcoma_cases
+    from .data import ClipSampler
     from .trainer import TrainConfig, Trainer
 
-    spec = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    config_path = Path(args.config)
+    spec = json.loads(config_path.read_text(encoding="utf-8"))
     root = Path(spec.get("data", args.data))
     model_cfg = get_config(spec.get("model", "small"), image_size=spec.get("image_size"))
-    model = build_model(model_cfg, device=args.device or "cpu")
-    splits = default_splits(root)
-    size = model_cfg.image_size
-    cases = []
-    if "la2018" in spec.get("datasets", ["la2018", "sts_sarcoma"]):
-        cases += la2018_cases(root, size, splits["la2018"]["train"][: spec.get("la2018_cases")])
-    if "sts_sarcoma" in spec.get("datasets", ["la2018", "sts_sarcoma"]):
-        cases += sarcoma_cases(root, size, splits["sts_sarcoma"]["train"]) * spec.get("sarcoma_repeat", 1)
+    text_encoder = None
+    if spec.get("text_features"):
+        from ..modeling.text_encoder import CachedTextEncoder
+
+        text_encoder = CachedTextEncoder.load(config_path.parent / spec["text_features"])
+    init = config_path.parent / spec["init"] if spec.get("init") else None  # start from these weights
+    model = build_model(model_cfg, checkpoint=init, device=args.device or "cpu", text_encoder=text_encoder)
+    volumes = _training_volumes(spec, root, config_path.parent)
+    device = next(model.parameters()).device
+    cases = [c for v in volumes for c in v.to_cases(model_cfg.image_size)]
+    if device.type == "cuda":  # clips are cut on the GPU
+        shared: dict[int, torch.Tensor] = {}
+        for c in cases:
+            c.frames = shared.setdefault(id(c.frames), c.frames.to(device))
+            c.masks = c.masks.to(device)
+    log.info("training on %d structure-volumes from %d volumes", len(cases), len(volumes))
     config = TrainConfig(**spec.get("train", {}))
-    trainer = Trainer(model, ClipSampler(cases, config.clip_length, seed=config.seed), config, Path(args.out))
+    trainer = Trainer(model, ClipSampler(cases, config.clip_length, seed=config.seed,
+                                                 p_spatial=config.augment_spatial), config, Path(args.out))
     trainer.resume()
     trainer.fit()
     print(f"checkpoint: {Path(args.out) / 'last'}")
+    return 0
+
+
+def cmd_pack(args) -> int:
+    """Pack training volumes (and the text features of every training prompt) for a machine without the data
+    or the text encoder."""
+    from .data import DATASETS, PROMPTS, default_splits, save_pack
+
+    root = Path(args.data)
+    splits = default_splits(root)
+    volumes = []
+    for name in args.dataset:
+        ids = splits[name][args.split][args.offset:][: args.limit]
+        volumes += [v.cropped(args.margin) for v in DATASETS[name](root, ids)]
+    path = save_pack(volumes, Path(args.out))
+    print(f"{path}: {len(volumes)} volumes, {path.stat().st_size / 1e6:.1f} MB")
+    if args.text_features:
+        from ..modeling.config import TextEncoderConfig
+        from ..modeling.text_encoder import TextEncoder, export_text_features
+
+        prompts = [p for variants in PROMPTS.values() for p in variants]
+        print(export_text_features(TextEncoder(TextEncoderConfig()), prompts, Path(args.text_features)))
     return 0
 
 
@@ -72,11 +146,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", help="registered model name or checkpoint folder")
     ev.add_argument("--data", default="../shared/data", help="the shared data folder")
     ev.add_argument("--split", default="val", choices=("train", "val"))
-    ev.add_argument("--structure", action="append", default=None, choices=("left atrium", "sarcoma"))
+    ev.add_argument("--structure", action="append", default=None,
+                    choices=("left atrium", "sarcoma", "necrosis", "edema", "enhancing tumour", "whole tumour"))
     ev.add_argument("--limit", type=int, help="evaluate at most this many cases")
     ev.add_argument("--out", default="evaluation")
     ev.add_argument("--device")
     ev.set_defaults(func=cmd_evaluate, structure=None)
+
+    pk = sub.add_parser("pack", help="pack training volumes of the shared data into one compact .npz")
+    pk.add_argument("--data", default="../shared/data")
+    pk.add_argument("--dataset", action="append", required=True, choices=("la2018", "sts_sarcoma", "brats2013"))
+    pk.add_argument("--split", default="train", choices=("train", "val"))
+    pk.add_argument("--limit", type=int, help="at most this many volumes per dataset")
+    pk.add_argument("--offset", type=int, default=0, help="skip this many volumes of each dataset first")
+    pk.add_argument("--margin", type=int, default=8, help="keep slices within this many of the structures")
+    pk.add_argument("--text-features", help="also export the training prompts' text features to this file")
+    pk.add_argument("-o", "--out", required=True)
+    pk.set_defaults(func=cmd_pack)
 
     tr = sub.add_parser("train", help="train TGSAM-2 from a JSON config (resumes from OUT/last)")
     tr.add_argument("config")

@@ -1,7 +1,8 @@
 """Training data: volumes with label maps and per-label prompts, prepared once into model-resolution frames.
 
 Adapters for ../shared/data: ``la2018`` (left atrium, label 1) and ``sts_sarcoma`` (CT_image/CT_mask, label 1);
-``brats2013`` (FLAIR, one prompt per sub-region). Frames go through the inference path's own preparation
+``brats2013`` (FLAIR + contrast T1 as one three-channel input, one structure per sub-region). Frames go through
+the inference path's own preparation
 (``engine.pipeline.PreparedVolume``), so training and inference see identical inputs.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from ..engine.pipeline import PreparedVolume
+from ..engine.preprocess import FrameTransform
 from ..io.volumes import read_volume
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ PROMPTS = {
 
 @dataclass
 class Case:
-    """One volume prepared for a model: frames (N, 3, S, S) float16 in [0, 1] and masks (N, S, S) per label."""
+    """One structure in one volume, prepared for a model: frames (N, 3, S, S) float16 in [0, 1], masks (N, S, S)."""
 
     case_id: str
     structure: str
@@ -45,48 +47,191 @@ class Case:
     prompts: list[str]
 
 
+@dataclass
+class FrameVolume:
+    """A volume as the engine slices it, before resizing: uint8 frames (N, H, W) or (N, H, W, 3) of the
+    normalised intensities, pixel spacing, and one boolean mask (N, H, W) per structure. Compact enough to pack
+    and ship to a training machine (:func:`save_pack`); ``to_cases`` resizes to a model's input."""
+
+    case_id: str
+    frames: np.ndarray
+    masks: dict[str, np.ndarray]
+    row_spacing: float = 1.0
+    col_spacing: float = 1.0
+    prompts: dict[str, list[str]] = field(default_factory=dict)  # per structure; else PROMPTS
+
+    def to_cases(self, image_size: int) -> list[Case]:
+        prompts = {**PROMPTS, **self.prompts}
+        n, h, w = self.frames.shape[:3]
+        transform = FrameTransform(h, w, image_size, self.row_spacing, self.col_spacing)
+        frames = transform.frames_to_model(self.frames.astype(np.float32) / 255.0).half()
+        cases = []
+        for structure, mask in self.masks.items():
+            masks = transform.frames_to_model(mask.astype(np.float32))[:, 0] > 0.5
+            cases.append(Case(self.case_id, structure, frames, masks, list(prompts[structure])))
+        return cases
+
+    def cropped(self, margin: int) -> FrameVolume:
+        """Only the slices within ``margin`` of any structure (empty slices near the object stay, for the
+        object-score loss)."""
+        present = np.flatnonzero(np.any([m.reshape(len(m), -1).any(1) for m in self.masks.values()], axis=0))
+        if not present.size:
+            return self
+        lo, hi = max(0, present[0] - margin), min(len(self.frames), present[-1] + margin + 1)
+        return FrameVolume(self.case_id, self.frames[lo:hi], {k: v[lo:hi] for k, v in self.masks.items()},
+                           self.row_spacing, self.col_spacing, self.prompts)
+
+
+def frame_volume(volume, labels: np.ndarray, label_map: dict[str, tuple[int, ...]], case_id: str,
+                 axis: Optional[str] = None) -> FrameVolume:
+    """Slice ``volume`` and its label map exactly as the engine does (``PreparedVolume``)."""
+    prepared = PreparedVolume(volume, 16, axis, min_slices=1)  # single 2D frames are fine to train on
+    frames = np.round(prepared.frames * 255).astype(np.uint8)
+    masks = {s: prepared.geometry.to_frames(np.isin(labels, values)).copy() for s, values in label_map.items()}
+    return FrameVolume(case_id, frames, masks, prepared.geometry.row_spacing, prepared.geometry.col_spacing)
+
+
 def prepare_case(image: Path, label: Path, structure: str, label_values: tuple[int, ...], image_size: int,
                  case_id: str, axis: Optional[str] = None) -> Case:
-    volume = read_volume(image)
-    labels = read_volume(label).array
-    prepared = PreparedVolume(volume, image_size, axis)
-    target = prepared.geometry.to_frames(np.isin(labels, label_values).astype(np.float32))
-    frames = prepared.transform.frames_to_model(prepared.frames).half()
-    masks = prepared.transform.frames_to_model(target)[:, 0] > 0.5
-    return Case(case_id, structure, frames, masks, PROMPTS[structure])
+    fv = frame_volume(read_volume(image), read_volume(label).array, {structure: label_values}, case_id, axis)
+    return fv.to_cases(image_size)[0]
+
+
+def la2018_volumes(root: Path, ids: list[str]) -> list[FrameVolume]:
+    out = []
+    for i in ids:
+        folder = root / "la2018" / "train" / i
+        out.append(frame_volume(read_volume(folder / "image.nii.gz", modality="MR"),
+                                read_volume(folder / "label.nii.gz").array, {"left atrium": (1,)}, f"la2018/{i}"))
+    return out
+
+
+def sarcoma_volumes(root: Path, ids: list[str]) -> list[FrameVolume]:
+    out = []
+    for i in ids:
+        folder = root / "sts_sarcoma" / i
+        out.append(frame_volume(read_volume(folder / "CT_image.nii.gz", modality="CT"),
+                                read_volume(folder / "CT_mask.nii.gz").array, {"sarcoma": (1,)}, f"sts/{i}"))
+    return out
+
+
+BRATS_LABELS = {"necrosis": (1,), "edema": (2,), "enhancing tumour": (4,), "whole tumour": (1, 2, 3, 4)}
+
+
+def brats_volume(folder: Path):
+    """A BraTS case as one RGB-like volume (FLAIR, contrast T1, their mean), each channel scaled to uint8 by its
+    0.5-99.5 percentiles inside the brain mask: one input shows oedema (FLAIR) and enhancement (T1c) together."""
+    from ..io.volumes import Volume
+
+    flair = read_volume(folder / "flair.nii.gz")
+    t1c = read_volume(folder / "t1c.nii.gz").array
+    brain = read_volume(folder / "brainmask.nii.gz").array > 0
+    channels = []
+    for data in (flair.array, t1c):
+        low, high = np.percentile(data[brain], (0.5, 99.5)) if brain.any() else (data.min(), data.max())
+        channels.append(np.where(brain, np.clip((data - low) / max(high - low, 1e-6), 0, 1), 0))
+    channels.append((channels[0] + channels[1]) / 2)
+    rgb = np.round(np.stack(channels, -1) * 255).astype(np.uint8)
+    return Volume(rgb, flair.spacing, flair.origin, flair.direction, "MR")
+
+
+def brats_volumes(root: Path, ids: list[str]) -> list[FrameVolume]:
+    out = []
+    for i in ids:
+        folder = root / "brats2013" / i
+        labels = read_volume(folder / "label.nii.gz").array.round().astype(np.int16)
+        out.append(frame_volume(brats_volume(folder), labels, BRATS_LABELS, f"brats2013/{i}"))
+    return out
+
+
+DATASETS = {"la2018": la2018_volumes, "sts_sarcoma": sarcoma_volumes, "brats2013": brats_volumes}
 
 
 def la2018_cases(root: Path, image_size: int, ids: list[str]) -> list[Case]:
-    return [prepare_case(root / "la2018" / "train" / i / "image.nii.gz", root / "la2018" / "train" / i / "label.nii.gz",
-                         "left atrium", (1,), image_size, f"la2018/{i}") for i in ids]
+    return [c for v in la2018_volumes(root, ids) for c in v.to_cases(image_size)]
 
 
 def sarcoma_cases(root: Path, image_size: int, ids: list[str]) -> list[Case]:
-    base = root / "sts_sarcoma"
-    return [prepare_case(base / i / "CT_image.nii.gz", base / i / "CT_mask.nii.gz", "sarcoma", (1,), image_size,
-                         f"sts/{i}") for i in ids]
+    return [c for v in sarcoma_volumes(root, ids) for c in v.to_cases(image_size)]
+
+
+def save_pack(volumes: list[FrameVolume], path: Path) -> Path:
+    """Write frame volumes to one ``.npz`` (an LZMA zip, which ``np.load`` reads; masks bit-packed)."""
+    import io
+    import zipfile
+
+    arrays, meta = {}, []
+    for i, v in enumerate(volumes):
+        arrays[f"{i}_frames"] = v.frames
+        for j, mask in enumerate(v.masks.values()):
+            arrays[f"{i}_mask{j}"] = np.packbits(mask, axis=-1)
+        meta.append({"case_id": v.case_id, "structures": list(v.masks), "shape": list(v.frames.shape[:3]),
+                     "row_spacing": v.row_spacing, "col_spacing": v.col_spacing, "prompts": v.prompts})
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_LZMA) as zf:
+        for key, array in arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            zf.writestr(f"{key}.npy", buffer.getvalue())
+    return path
+
+
+def load_pack(path: Path) -> list[FrameVolume]:
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+        out = []
+        for i, m in enumerate(meta):
+            n, h, w = m["shape"]
+            masks = {s: np.unpackbits(data[f"{i}_mask{j}"], axis=-1, count=w).astype(bool)
+                     for j, s in enumerate(m["structures"])}
+            out.append(FrameVolume(m["case_id"], data[f"{i}_frames"], masks, m["row_spacing"], m["col_spacing"],
+                                   m.get("prompts", {})))
+    return out
 
 
 def default_splits(root: Path) -> dict[str, dict[str, list[str]]]:
     """Fixed splits by case id: LA2018 first 70 sorted ids train, last 10 validation; sarcoma: STS_001..018
-    train except STS_002 (the bundled demo case), STS_019..024 and STS_002 validation."""
+    train except STS_002 (the bundled demo case), STS_019..024 and STS_002 validation; BraTS: the first three
+    sorted cases train, the last one validation."""
     la = sorted(json.loads((root / "manifest.json").read_text(encoding="utf-8"))["la2018_train_cases"])
     sts = sorted(p.name for p in (root / "sts_sarcoma").iterdir() if p.name.startswith("STS_"))
+    brats_dir = root / "brats2013"
+    brats = sorted(p.name for p in brats_dir.iterdir() if p.is_dir()) if brats_dir.is_dir() else []
     return {
         "la2018": {"train": la[:70], "val": la[70:]},
         "sts_sarcoma": {"train": [s for s in sts[:18] if s != "STS_002"], "val": ["STS_002", *sts[18:]]},
+        "brats2013": {"train": brats[:-1], "val": brats[-1:]},
     }
 
 
 class ClipSampler:
     """Random clips of ``length`` consecutive slices, starting on a slice with the object with probability
-    ``p_object`` (the conditioning frame), random direction and flips, random prompt variant."""
+    ``p_object`` (the conditioning frame), random direction and flips, random prompt variant, and with probability
+    ``p_spatial`` one random affine per clip (scale 0.8-1.2, rotation +-15 degrees, shift +-8 %). Cases may live on
+    the GPU; clips are cut where the cases are."""
 
-    def __init__(self, cases: list[Case], length: int = 3, p_object: float = 0.9, seed: int = 0) -> None:
+    def __init__(self, cases: list[Case], length: int = 3, p_object: float = 0.9, seed: int = 0,
+                 p_spatial: float = 0.0) -> None:
         if not cases:
             raise ValueError("no training cases")
-        self.cases, self.length, self.p_object = cases, length, p_object
+        self.cases, self.length, self.p_object, self.p_spatial = cases, length, p_object, p_spatial
         self.rng = np.random.default_rng(seed)
+        self._with_object = [np.flatnonzero(c.masks.flatten(1).any(1).cpu().numpy()) for c in cases]
+
+    def _affine(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch.nn.functional as F
+
+        scale = float(self.rng.uniform(0.8, 1.2))
+        angle = float(np.deg2rad(self.rng.uniform(-15, 15)))
+        tx, ty = (float(v) for v in self.rng.uniform(-0.16, 0.16, 2))
+        c, s = np.cos(angle) / scale, np.sin(angle) / scale
+        theta = torch.tensor([[c, -s, tx], [s, c, ty]], dtype=torch.float32, device=x.device)
+        grid = F.affine_grid(theta[None].expand(len(x), -1, -1), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        return x, y[:, 0] > 0.5
 
     def state(self) -> dict:
         return self.rng.bit_generator.state
@@ -97,9 +242,9 @@ class ClipSampler:
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         images, masks, prompts = [], [], []
         for _ in range(batch):
-            case = self.cases[self.rng.integers(len(self.cases))]
+            k = int(self.rng.integers(len(self.cases)))
+            case, with_object = self.cases[k], self._with_object[k]
             n = case.frames.shape[0]
-            with_object = np.flatnonzero(case.masks.flatten(1).any(1).numpy())
             if with_object.size and self.rng.random() < self.p_object:
                 start = int(self.rng.choice(with_object))
             else:
@@ -109,6 +254,8 @@ class ClipSampler:
             x, y = case.frames[idx].float(), case.masks[idx]
             if self.rng.random() < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
+            if self.p_spatial and self.rng.random() < self.p_spatial:
+                x, y = self._affine(x, y)
             gain = float(self.rng.uniform(0.9, 1.1))
             images.append((x * gain + float(self.rng.normal(0, 0.02))).clamp(0, 1))
             masks.append(y)

@@ -30,6 +30,8 @@ class TrainConfig:
     trainable: str = "all"  # "adapters" | "adapters+decoder" | "all" (the text encoder stays frozen)
     checkpoint_every: int = 200
     seed: int = 0
+    augment_spatial: float = 0.0  # probability of a random affine per clip
+    max_minutes: float = 0.0  # > 0: stop (and save) after this long; the lr then halves 3 times over the budget
 
 
 def trainable_parameters(model, mode: str) -> list[torch.nn.Parameter]:
@@ -111,7 +113,22 @@ class Trainer:
             writer = csv.writer(fh)
             if new:
                 writer.writerow(["step", "loss", "lr", "seconds"])
+            first_step, mark, fitted = self.step, None, False
             while self.step < steps:
+                elapsed = time.perf_counter() - start
+                budget = 60 * self.config.max_minutes
+                if budget and elapsed > budget:
+                    log.info("time budget of %.1f min reached at step %d", self.config.max_minutes, self.step)
+                    break
+                if budget and mark is None and self.step == first_step + 20:  # after warm-up (CUDA, caches)
+                    mark = (self.step, elapsed)
+                measured = mark is not None and self.step >= mark[0] + 10 and elapsed > 0.1 * budget
+                if budget and measured and not fitted:  # fit the schedule to the budget
+                    rate = (self.step - mark[0]) / max(elapsed - mark[1], 1e-6)
+                    total = self.step - first_step + int(rate * (budget - elapsed))
+                    self.scheduler.step_size = max(1, total // 4)
+                    fitted = True
+                    log.info("about %d steps fit the budget; lr halves every %d", total, self.scheduler.step_size)
                 loss = self.train_step()
                 losses.append(loss)
                 if self.step % log_every == 0:
