@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,9 +42,10 @@ def main() -> None:
     from TextPromptSegLib.modeling.testing import make_tiny_text_encoder
 
     text_dir = make_tiny_text_encoder(Path(tempfile.mkdtemp()) / "bert")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, device {device}")
+          f"{torch.__version__}, device {device}{gpu}")
     print("| config | size | frames | ours ms/slice | ours slices/s | vanilla ms/slice | ratio | differ | "
           "peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -51,12 +53,14 @@ def main() -> None:
         for size in args.sizes:
             config = get_config(name, image_size=size)
             config.text = TextEncoderConfig(model_id_or_path=str(text_dir), max_length=16)
-            ours, vanilla = build_pair(config)
+            ours, vanilla = build_pair(config, device=device)
             frames = synthetic_frames(args.frames, size)
             yy, xx = np.mgrid[:size, :size]
             prompt = (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
-            compare(ours, vanilla, frames[:2], prompt, args.batch)  # warm-up
-            result = compare(ours, vanilla, frames, prompt, args.batch)
+            compare(ours, vanilla, frames[:2], prompt, args.batch, device)  # warm-up
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            result = compare(ours, vanilla, frames, prompt, args.batch, device)
             n = args.frames
             print(f"| {name} | {size} | {n} | {1000 * result.ours_seconds / n:.0f} | {n / result.ours_seconds:.2f} | "
                   f"{1000 * result.vanilla_seconds / n:.0f} | {result.vanilla_seconds / result.ours_seconds:.2f}x | "

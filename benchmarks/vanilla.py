@@ -29,6 +29,11 @@ class Comparison:
         return float((self.ours_masks ^ self.vanilla_masks).float().mean())
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def synthetic_frames(n: int, size: int, seed: int = 0) -> np.ndarray:
     """(n, size, size, 3) uint8 frames: a bright disc drifting over a textured background."""
     rng = np.random.default_rng(seed)
@@ -42,7 +47,7 @@ def synthetic_frames(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack(frames)
 
 
-def build_pair(config, seed: int = 0):
+def build_pair(config, seed: int = 0, device: str = "cpu"):
     """A TGSAM-2 with untrained adapters and sam2's SAM2VideoPredictor holding the same SAM-2 weights."""
     from sam2.sam2_video_predictor import SAM2VideoPredictor
 
@@ -52,10 +57,13 @@ def build_pair(config, seed: int = 0):
     ours = build_model(config)
     vanilla = SAM2VideoPredictor(fill_hole_area=0, **_sam2_components(config))
     vanilla.load_state_dict(ours.sam2_state_dict(), strict=True)
-    return ours.eval(), vanilla.eval()
+    return ours.to(device).eval(), vanilla.to(device).eval()
 
 
-def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_batch_size: int = 8) -> Comparison:
+def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_batch_size: int = 8,
+            device: str = "cpu") -> Comparison:
+    """Both sides on ``device``; on CUDA both run under bf16 autocast (sam2's recommended inference setting, and
+    our engine's), so small bf16 rounding differences between the outputs are expected there."""
     from PIL import Image
     from sam2.utils.misc import load_video_frames
 
@@ -70,20 +78,25 @@ def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_b
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         unit = decoded * std + mean  # back to [0, 1]: our engine normalises itself
 
+        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+        _sync(device)
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), amp:
             state = vanilla.init_state(video_path=tmp)
             vanilla.add_new_mask(state, 0, 1, torch.as_tensor(prompt_mask))
             vanilla_masks = torch.zeros(len(frames), size, size, dtype=torch.bool)
             for index, _, masks in vanilla.propagate_in_video(state):
                 vanilla_masks[index] = masks[0, 0].cpu() > 0
+        _sync(device)
         vanilla_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    session = Propagator(ours, "cpu", encode_batch_size=encode_batch_size).start_session(unit)
+    session = Propagator(ours, device, encode_batch_size=encode_batch_size).start_session(unit)
     session.encode_all()
+    _sync(device)
     encode_seconds = time.perf_counter() - start
     result = session.propagate(None, start_index=0, direction="forward", mask_prompts={0: prompt_mask})
     ours_masks = result.masks(size)
+    _sync(device)
     ours_seconds = time.perf_counter() - start
     return Comparison(ours_masks, vanilla_masks, ours_seconds, vanilla_seconds, encode_seconds)
