@@ -1,6 +1,6 @@
 """Copy a trained checkpoint into Resources/Models/<name> as fp16 safetensors with SHA256SUMS.
 
-    python scripts/bundle_model.py runs/small/last tgsam2-small-la-sts
+    python scripts/bundle_model.py runs/medium/last tgsam2-medium
 """
 
 from __future__ import annotations
