@@ -82,9 +82,29 @@ def _training_volumes(spec: dict, root: Path, base: Path):
     return [v for v in volumes for _ in range(int(repeat.get(v.case_id.split("/")[0], 1)))]
 
 
+def _init_distributed(device: str | None) -> tuple[int, str | None]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA (one GPU per local rank),
+    gloo on CPU. Returns (rank, device)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    import torch
+    import torch.distributed as dist
+
+    cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), device or "cpu"
+
+
 def cmd_train(args) -> int:
     import torch
 
+    rank, args.device = _init_distributed(args.device)
     from ..modeling.build import build_model
     from ..modeling.config import get_config
     from .data import ClipSampler
@@ -111,11 +131,14 @@ def cmd_train(args) -> int:
             c.masks = c.masks.to(device)
     log.info("training on %d structure-volumes from %d volumes", len(cases), len(volumes))
     config = TrainConfig(**spec.get("train", {}))
-    trainer = Trainer(model, ClipSampler(cases, config.clip_length, seed=config.seed,
-                                                 p_spatial=config.augment_spatial), config, Path(args.out))
+    sampler = ClipSampler(cases, config.clip_length, seed=config.seed + rank, p_spatial=config.augment_spatial)
+    trainer = Trainer(model, sampler, config, Path(args.out))
     trainer.resume()
     trainer.fit()
-    print(f"checkpoint: {Path(args.out) / 'last'}")
+    if trainer.world > 1:
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(f"checkpoint: {Path(args.out) / 'last'}")
     return 0
 
 

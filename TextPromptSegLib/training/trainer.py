@@ -1,5 +1,7 @@
 """A resumable trainer for TGSAM-2 clips: Adam (lr halved every ``decay_every`` steps, as the paper's x0.5 per
-10 epochs), AMP on CUDA, checkpoints with optimiser, scheduler and sampler state, and a CSV log."""
+10 epochs), AMP on CUDA, gradient accumulation, checkpoints with optimiser, scheduler and sampler state, a CSV log,
+and multi-GPU / multi-node data parallelism through torch DistributedDataParallel when launched by ``torchrun``
+(each rank samples its own clips; rank 0 writes logs and checkpoints)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class TrainConfig:
     seed: int = 0
     augment_spatial: float = 0.0  # probability of a random affine per clip
     max_minutes: float = 0.0  # > 0: stop (and save) after this long; the lr then halves 3 times over the budget
+    grad_accum: int = 1  # micro-batches of ``batch_size`` clips per optimiser step
 
 
 def trainable_parameters(model, mode: str) -> list[torch.nn.Parameter]:
@@ -56,6 +59,26 @@ def trainable_parameters(model, mode: str) -> list[torch.nn.Parameter]:
     return params
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a ``torch.distributed`` process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _ClipForward(torch.nn.Module):
+    """The training forward pass as one module call, so that DistributedDataParallel can hook it."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.model.forward_sequence(images, self.model.encode_text(prompts))
+
+
 class Trainer:
     def __init__(self, model, sampler: ClipSampler, config: TrainConfig, out_dir: Path) -> None:
         self.model, self.sampler, self.config, self.out_dir = model, sampler, config, Path(out_dir)
@@ -63,15 +86,46 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.decay_every, gamma=0.5)
         self.step = 0
+        self.rank, self.world = dist_info()
         torch.manual_seed(config.seed)
+        self.forward = _ClipForward(model)
+        if self.world > 1:  # DDP broadcasts rank 0's weights now and averages gradients in backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = next(model.parameters()).device
+            self.forward = DistributedDataParallel(self.forward, device_ids=[device] if device.type == "cuda" else None,
+                                                   find_unused_parameters=True)
 
     def save(self) -> Path:
         folder = self.out_dir / "last"
-        save_checkpoint(self.model, folder, metadata={"step": self.step})
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "step": self.step, "sampler": self.sampler.state(), "torch_rng": torch.get_rng_state()},
-                   folder / "trainer_state.pt")
+        samplers = [self.sampler.state()]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            samplers = [None] * self.world
+            dist.all_gather_object(samplers, self.sampler.state())
+        if self.rank == 0:
+            save_checkpoint(self.model, folder, metadata={"step": self.step})
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "step": self.step, "sampler": samplers[0], "samplers": samplers,
+                        "torch_rng": torch.get_rng_state()}, folder / "trainer_state.pt")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
         return folder
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the stored weights: equal on every rank of a healthy data-parallel run."""
+        import hashlib
+
+        from ..modeling.checkpoint import _stored_state
+
+        digest = hashlib.sha256()
+        for key, value in sorted(_stored_state(self.model).items()):
+            digest.update(key.encode())
+            digest.update(value.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def resume(self, folder: Optional[Path] = None) -> bool:
         folder = Path(folder or self.out_dir / "last")
@@ -82,30 +136,42 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        self.sampler.set_state(state["sampler"])
+        samplers = state.get("samplers") or [state["sampler"]]
+        if self.rank < len(samplers):
+            self.sampler.set_state(samplers[self.rank])
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at step %d", folder, self.step)
         return True
 
     def train_step(self) -> float:
+        import contextlib
+
         self.model.train()
-        images, masks, prompts = self.sampler.sample(self.config.batch_size)
         device = next(self.model.parameters()).device
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = self.model.forward_sequence(images.to(device), self.model.encode_text(prompts))
-            loss = sequence_loss(out, masks.to(device))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        accum, total = max(1, self.config.grad_accum), 0.0
+        for micro in range(accum):
+            images, masks, prompts = self.sampler.sample(self.config.batch_size)
+            last = micro == accum - 1
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.forward.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    out = self.forward(images.to(device), prompts)
+                    loss = sequence_loss(out, masks.to(device)) / accum
+                loss.backward()
+            total += loss.item()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return loss.item()
+        return total
 
     def fit(self, steps: Optional[int] = None, log_every: int = 20) -> list[float]:
         steps = steps if steps is not None else self.config.steps
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2), encoding="utf-8")
-        log_path = self.out_dir / "log.csv"
+        if self.rank == 0:
+            (self.out_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2),
+                                                            encoding="utf-8")
+        log_path = self.out_dir / ("log.csv" if self.rank == 0 else f"log_rank{self.rank}.csv")
         new = not log_path.exists()
         losses: list[float] = []
         start = time.perf_counter()
@@ -114,21 +180,24 @@ class Trainer:
             if new:
                 writer.writerow(["step", "loss", "lr", "seconds"])
             first_step, mark, fitted = self.step, None, False
+            budget = 60 * self.config.max_minutes
             while self.step < steps:
                 elapsed = time.perf_counter() - start
-                budget = 60 * self.config.max_minutes
-                if budget and elapsed > budget:
-                    log.info("time budget of %.1f min reached at step %d", self.config.max_minutes, self.step)
-                    break
+                stop, step_size = bool(budget and elapsed > budget), self.scheduler.step_size
                 if budget and mark is None and self.step == first_step + 20:  # after warm-up (CUDA, caches)
                     mark = (self.step, elapsed)
                 measured = mark is not None and self.step >= mark[0] + 10 and elapsed > 0.1 * budget
                 if budget and measured and not fitted:  # fit the schedule to the budget
                     rate = (self.step - mark[0]) / max(elapsed - mark[1], 1e-6)
                     total = self.step - first_step + int(rate * (budget - elapsed))
-                    self.scheduler.step_size = max(1, total // 4)
-                    fitted = True
-                    log.info("about %d steps fit the budget; lr halves every %d", total, self.scheduler.step_size)
+                    step_size, fitted = max(1, total // 4), True
+                    log.info("about %d steps fit the budget; lr halves every %d", total, step_size)
+                if budget and self.world > 1:  # every rank follows rank 0's clock
+                    stop, step_size = self._from_rank0(stop, step_size)
+                self.scheduler.step_size = step_size
+                if stop:
+                    log.info("time budget of %.1f min reached at step %d", self.config.max_minutes, self.step)
+                    break
                 loss = self.train_step()
                 losses.append(loss)
                 if self.step % log_every == 0:
@@ -140,5 +209,28 @@ class Trainer:
                 if self.step % self.config.checkpoint_every == 0:
                     self.save()
         self.save()
+        self._record_rank_digests()
         self.model.eval()
         return losses
+
+    def _from_rank0(self, stop: bool, step_size: int) -> tuple[bool, int]:
+        import torch.distributed as dist
+
+        device = next(self.model.parameters()).device
+        flags = torch.tensor([int(stop), step_size], dtype=torch.long, device=device)
+        dist.broadcast(flags, 0)
+        return bool(flags[0]), int(flags[1])
+
+    def _record_rank_digests(self) -> None:
+        """With several ranks, write every rank's weight digest to ``ranks.json`` (rank 0) and warn on a mismatch."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        digests = [None] * self.world
+        dist.all_gather_object(digests, self.weights_digest())
+        if self.rank == 0:
+            (self.out_dir / "ranks.json").write_text(json.dumps({"world_size": self.world, "step": self.step,
+                                                                 "weights_sha256": digests}, indent=2))
+            if len(set(digests)) != 1:
+                log.error("ranks ended with different weights: %s", digests)
