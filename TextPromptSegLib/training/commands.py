@@ -164,7 +164,29 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def cmd_corrections(args) -> int:
+    """Corrected segmentations saved from Slicer -> a training pack (then ``"packed": [...]`` in a config)."""
+    from .corrections import corrections_volumes
+    from .data import save_pack
+
+    volumes = corrections_volumes(Path(args.folder), args.axis)
+    if args.margin is not None:
+        volumes = [v.cropped(args.margin) for v in volumes]
+    path = save_pack(volumes, Path(args.out))
+    for v in volumes:
+        print(f"{v.case_id}: " + ", ".join(f"{name} ({v.prompts[name][0]!r})" for name in v.masks))
+    print(f"{path}: {len(volumes)} volumes, {path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    co = sub.add_parser("corrections", help="turn corrected .seg.nrrd files saved from Slicer into a training pack")
+    co.add_argument("folder", help="folder of NAME.seg.nrrd files, each beside its image NAME.nrrd/.nii.gz")
+    co.add_argument("-o", "--out", required=True, help="the .npz pack to write")
+    co.add_argument("--axis", help="slicing axis (default: the acquisition axis)")
+    co.add_argument("--margin", type=int, help="keep only slices within this many of a segment")
+    co.set_defaults(func=cmd_corrections)
+
     ev = sub.add_parser("evaluate", help="Dice / IoU / HD95 per case and a per-structure table")
     ev.add_argument("--model", help="registered model name or checkpoint folder")
     ev.add_argument("--data", default="../shared/data", help="the shared data folder")

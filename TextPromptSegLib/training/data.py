@@ -85,10 +85,15 @@ class FrameVolume:
 def frame_volume(volume, labels: np.ndarray, label_map: dict[str, tuple[int, ...]], case_id: str,
                  axis: Optional[str] = None) -> FrameVolume:
     """Slice ``volume`` and its label map exactly as the engine does (``PreparedVolume``)."""
+    return masks_frame_volume(volume, {s: np.isin(labels, values) for s, values in label_map.items()}, case_id, axis)
+
+
+def masks_frame_volume(volume, masks: dict[str, np.ndarray], case_id: str, axis: Optional[str] = None) -> FrameVolume:
+    """Like ``frame_volume`` with one boolean mask (z, y, x) per structure (masks may overlap)."""
     prepared = PreparedVolume(volume, 16, axis, min_slices=1)  # single 2D frames are fine to train on
     frames = np.round(prepared.frames * 255).astype(np.uint8)
-    masks = {s: prepared.geometry.to_frames(np.isin(labels, values)).copy() for s, values in label_map.items()}
-    return FrameVolume(case_id, frames, masks, prepared.geometry.row_spacing, prepared.geometry.col_spacing)
+    framed = {s: prepared.geometry.to_frames(np.asarray(m, bool)).copy() for s, m in masks.items()}
+    return FrameVolume(case_id, frames, framed, prepared.geometry.row_spacing, prepared.geometry.col_spacing)
 
 
 def prepare_case(image: Path, label: Path, structure: str, label_values: tuple[int, ...], image_size: int,
