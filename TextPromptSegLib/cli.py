@@ -56,7 +56,7 @@ def _progress_bar(total_hint: int = 0):
 
 def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: Optional[str], device: Optional[str],
                 axis: Optional[str], start_slice: Optional[int], window, overlay: Optional[Path],
-                names: Optional[list[str]] = None):
+                names: Optional[list[str]] = None, first_mask_model: Optional[str] = None):
     """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix."""
     from .engine.device import DeviceError, pick_device
     from .engine.pipeline import PreparedVolume, SegmentRequest, segment_volume
@@ -75,6 +75,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         volume = read_volume(input_path)
         dev = pick_device(device)
         model = load_model(model_name, device=str(dev))
+        first_mask = load_model(first_mask_model, device=str(dev)) if first_mask_model else None
     except (InputError, DeviceError, RegistryError, CheckpointError) as exc:
         raise UserError(str(exc)) from exc
     if start_slice is not None and not 0 <= start_slice:
@@ -87,7 +88,10 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     requests = [SegmentRequest(p, name=(names[i] if names and i < len(names) else None)) for i, p in enumerate(prompts)]
     try:
         prepared = PreparedVolume(volume, model.image_size, axis, window)
-        result = segment_volume(volume, requests, model, device=str(dev), start_slice=start_slice,
+        from .engine.tpp_engine import make_propagator
+
+        propagator = make_propagator(model, str(dev), first_mask_model=first_mask)
+        result = segment_volume(volume, requests, propagator=propagator, start_slice=start_slice,
                                 progress=callback, prepared=prepared)
     except (ValueError, IndexError) as exc:
         raise UserError(str(exc)) from exc
@@ -108,7 +112,8 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
 
 def cmd_segment(args) -> int:
     run_segment(Path(args.input), args.prompt, Path(args.output), args.model, args.device, args.axis,
-                args.start_slice, _window(args.window), Path(args.overlay) if args.overlay else None, args.name)
+                args.start_slice, _window(args.window), Path(args.overlay) if args.overlay else None, args.name,
+                args.first_mask_model)
     print(f"wrote {args.output}")
     return 0
 
@@ -200,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--start-slice", type=int, help="slice to start from (default: the most confident slice)")
     seg.add_argument("--window", help="CT window preset (soft_tissue, lung, bone, brain, ...) or CENTRE,WIDTH")
     seg.add_argument("--overlay", help="also write a PNG with the outline on a few slices")
+    seg.add_argument("--first-mask-model", help="a TPP model whose start-slice mask prompts the --model's "
+                     "propagation (the TPP -> SAM-2 pipeline)")
     seg.set_defaults(func=cmd_segment)
 
     demo = sub.add_parser("demo", help="segment the bundled sarcoma CT with the bundled model")

@@ -128,7 +128,9 @@ def resolve(name_or_path: Optional[str], download_missing: bool = False,
     name_or_path = name_or_path or default_model_name(path)
     candidate = Path(name_or_path)
     if candidate.exists():
-        kind = "sam2-official" if candidate.suffix == ".pt" else "tgsam2"
+        from .modeling.tpp import is_tpp_checkpoint
+
+        kind = "sam2-official" if candidate.suffix == ".pt" else "tpp" if is_tpp_checkpoint(candidate) else "tgsam2"
         return kind, candidate, None
     known = entries(path)
     if name_or_path not in known:
@@ -154,6 +156,10 @@ def load_model(name_or_path: Optional[str] = None, device: str = "cpu", download
     from .modeling.build import build_model
 
     kind, local, preset = resolve(name_or_path, download_missing)
+    if kind == "tpp":
+        from .modeling.tpp import build_tpp
+
+        return build_tpp(local, device=device)
     if kind == "sam2-official":
         return build_model(preset or "hiera_s", checkpoint=local, device=device)
     if kind != "tgsam2":

@@ -104,7 +104,7 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
     coarse pass. direction: "both", "forward" (increasing slice index) or "backward" from the start slice; slices
     not reached stay empty. Raises ValueError for empty prompts, ``Cancelled`` when cancelled (nothing is returned).
     """
-    from .propagation import Propagator
+    from .tpp_engine import make_propagator
 
     if not requests:
         raise ValueError("at least one prompt is needed")
@@ -116,7 +116,7 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
     if propagator is None:
         if model is None:
             raise ValueError("give a model or a propagator")
-        propagator = Propagator(model, device, encode_batch_size=encode_batch_size)
+        propagator = make_propagator(model, device, encode_batch_size)
     prepared = prepared or PreparedVolume(volume, propagator.model.image_size, axis, window)
     session = session or propagator.start_session(prepared.frame_source())
     row_mm, col_mm = prepared.geometry.row_spacing, prepared.geometry.col_spacing

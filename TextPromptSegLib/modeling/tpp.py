@@ -266,6 +266,10 @@ class TPP(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
     # -- text ----------------------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Np prompts -> words (Np, L, C) projected to the hidden size, and their mask (Np, L)."""
@@ -393,15 +397,74 @@ class TPP(nn.Module):
         return outputs
 
 
+TPP_FORMAT = "textpromptseg-tpp"
+
+
 def build_tpp(config: TPPConfig | str = "tiny", text_encoder: Optional[nn.Module] = None, device: str = "cpu",
-              **overrides: Any) -> TPP:
+              checkpoint: Optional[str] = None, **overrides: Any) -> TPP:
+    """A TPP from a preset name, a ``TPPConfig`` or a checkpoint folder (``config.json`` + ``model.safetensors``)."""
+    from pathlib import Path
+
     from .config import TextEncoderConfig
     from .text_encoder import TextEncoder
 
+    if isinstance(config, (str, Path)) and Path(config).is_dir():
+        checkpoint = checkpoint or str(config)
+        config = read_tpp_config(Path(config))
     cfg = config if isinstance(config, TPPConfig) else tpp_config(config, **overrides)
     if text_encoder is None:
         text_encoder = TextEncoder(TextEncoderConfig(**cfg.text))
-    return TPP(cfg, text_encoder, text_encoder.hidden_size).to(device).eval()
+    model = TPP(cfg, text_encoder, text_encoder.hidden_size)
+    if checkpoint is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(checkpoint) / "model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        expected = {k for k in model.state_dict() if not k.startswith("text_encoder.")}
+        if set(state) != expected:
+            from .checkpoint import CheckpointError
+
+            raise CheckpointError(f"{checkpoint}: TPP weights do not match the config "
+                                  f"({len(expected ^ set(state))} keys differ)")
+    return model.to(device).eval()
+
+
+def read_tpp_config(folder) -> TPPConfig:
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    if data.get("format") != TPP_FORMAT:
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(f"{folder} is not a TextPromptSeg TPP checkpoint (format {data.get('format')!r})")
+    return TPPConfig.from_dict(data["config"])
+
+
+def save_tpp(model: TPP, folder, half: bool = False) -> None:
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items() if not k.startswith("text_encoder.")}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"format": TPP_FORMAT, "version": 1,
+                                                    "config": model.config.to_dict()}, indent=2), encoding="utf-8")
+
+
+def is_tpp_checkpoint(folder) -> bool:
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == TPP_FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 # --- loss (Eqs. 13-15) ------------------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""TPP in the engine and the CLI (issue 6, must-show 3): TPP alone and the TPP -> SAM-2 pipeline run end to end on
+a real volume from ../shared/data through ``textpromptseg segment``; in the pipeline, TPP's start-slice mask is the
+conditioning mask of the TGSAM-2 propagation (kept exactly on that slice)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mrml import make_scene, read_seg_nrrd  # noqa: E402
+
+from TextPromptSegLib.cli import main  # noqa: E402
+from TextPromptSegLib.engine.pipeline import SegmentRequest, segment_volume  # noqa: E402
+from TextPromptSegLib.engine.tpp_engine import make_propagator, tpp_prompts  # noqa: E402
+from TextPromptSegLib.io.volumes import read_volume  # noqa: E402
+from TextPromptSegLib.modeling.checkpoint import save_checkpoint  # noqa: E402
+from TextPromptSegLib.modeling.tpp import build_tpp, save_tpp, tpp_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tpp_checkpoint(tiny_text_encoder_dir, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = tpp_config("tiny", text={"model_id_or_path": str(tiny_text_encoder_dir), "max_length": 16})
+    folder = tmp_path_factory.mktemp("tpp") / "tpp"
+    save_tpp(build_tpp(cfg), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def la_volume(shared_data, tmp_path_factory) -> Path:
+    """A real LA2018 MRI, 12 slices around the atrium."""
+    case = sorted((shared_data / "la2018" / "train").iterdir())[0]
+    path = tmp_path_factory.mktemp("la") / "la.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(case / "image.nii.gz"))[:, :, 40:52], str(path))
+    return path
+
+
+def test_tpp_prompts_expand_a_library_structure():
+    assert tpp_prompts("the spleen; a bean-shaped organ") == ["the spleen", "a bean-shaped organ"]
+    expanded = tpp_prompts("spleen")
+    assert expanded[0] == "spleen" and 2 <= len(expanded) <= 3
+    assert tpp_prompts("a strange thing nobody catalogued") == ["a strange thing nobody catalogued"]
+
+
+def test_tpp_checkpoint_round_trip(tpp_checkpoint):
+    a, b = build_tpp(tpp_checkpoint), build_tpp(tpp_checkpoint)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_cli_tpp_alone_and_tpp_then_sam2(la_volume, tpp_checkpoint, tiny_model, tmp_path, capsys):
+    tgsam2 = save_checkpoint(tiny_model, tmp_path / "tgsam2")
+    for args, out in (([], tmp_path / "tpp.seg.nrrd"), (["--first-mask-model", str(tpp_checkpoint)],
+                                                         tmp_path / "pipeline.seg.nrrd")):
+        model = str(tpp_checkpoint) if not args else str(tgsam2)
+        code = main(["segment", str(la_volume), "--prompt", "the left atrium", "-o", str(out), "--model", model,
+                     "--device", "cpu", *args])
+        assert code == 0, capsys.readouterr().err
+        assert out.is_file()
+        segmentation = read_seg_nrrd(make_scene(), out).GetSegmentation()
+        assert segmentation.GetNumberOfSegments() == 1
+        assert segmentation.GetNthSegment(0).GetName() == "the left atrium"
+        assert sitk.ReadImage(str(out)).GetSize() == sitk.ReadImage(str(la_volume)).GetSize()
+
+
+def test_pipeline_conditions_sam2_on_the_tpp_mask(la_volume, tpp_checkpoint, tiny_model):
+    tpp = build_tpp(tpp_checkpoint)
+    with torch.no_grad():  # make TPP's mask clearly non-empty so that the conditioning is visible
+        tpp.controller[-1].bias.zero_()
+        tpp.controller[-1].bias[-1] = 5.0
+        tpp.controller[-1].weight.mul_(0.01)
+    propagator = make_propagator(tiny_model, "cpu", first_mask_model=tpp)
+    result = segment_volume(read_volume(la_volume), [SegmentRequest("the left atrium")], propagator=propagator,
+                            start_slice=5)
+    propagation = result.segments[0].propagation
+    start_mask = propagation.extra["tpp_start_mask"]
+    assert propagation.start_index == 5 and start_mask.float().mean() > 0.5
+    np.testing.assert_array_equal(propagation.masks()[5].numpy(), start_mask.numpy())
+    assert len(propagation.order) == 12  # then propagated through every slice
