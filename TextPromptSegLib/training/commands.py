@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def cmd_train(args) -> int:
     sampler = ClipSampler(cases, config.clip_length, seed=config.seed + rank, p_spatial=config.augment_spatial)
     trainer = Trainer(model, sampler, config, Path(args.out))
     trainer.resume()
-    trainer.fit()
+    trainer.fit(progress_bar=sys.stderr.isatty())
     if trainer.world > 1:
         torch.distributed.destroy_process_group()
     if rank == 0:

@@ -165,8 +165,13 @@ class Trainer:
         self.step += 1
         return total
 
-    def fit(self, steps: Optional[int] = None, log_every: int = 20) -> list[float]:
+    def fit(self, steps: Optional[int] = None, log_every: int = 20, progress_bar: bool = False) -> list[float]:
+        """Train up to ``steps`` (or the time budget); ``progress_bar`` shows a tqdm bar on rank 0."""
+        from tqdm import tqdm
+
         steps = steps if steps is not None else self.config.steps
+        bar = tqdm(total=steps, initial=self.step, unit="step", disable=not progress_bar or self.rank != 0,
+                   dynamic_ncols=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (self.out_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2),
@@ -200,6 +205,8 @@ class Trainer:
                     break
                 loss = self.train_step()
                 losses.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", refresh=False)
                 if self.step % log_every == 0:
                     mean = sum(losses[-log_every:]) / len(losses[-log_every:])
                     writer.writerow([self.step, f"{mean:.5f}", self.scheduler.get_last_lr()[0],
@@ -208,6 +215,7 @@ class Trainer:
                     log.info("step %d loss %.4f", self.step, mean)
                 if self.step % self.config.checkpoint_every == 0:
                     self.save()
+        bar.close()
         self.save()
         self._record_rank_digests()
         self.model.eval()
