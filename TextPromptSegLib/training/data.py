@@ -96,12 +96,6 @@ def masks_frame_volume(volume, masks: dict[str, np.ndarray], case_id: str, axis:
     return FrameVolume(case_id, frames, framed, prepared.geometry.row_spacing, prepared.geometry.col_spacing)
 
 
-def prepare_case(image: Path, label: Path, structure: str, label_values: tuple[int, ...], image_size: int,
-                 case_id: str, axis: Optional[str] = None) -> Case:
-    fv = frame_volume(read_volume(image), read_volume(label).array, {structure: label_values}, case_id, axis)
-    return fv.to_cases(image_size)[0]
-
-
 def la2018_volumes(root: Path, ids: list[str]) -> list[FrameVolume]:
     out = []
     for i in ids:

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from ..io.volumes import Volume, read_frames, read_volume
-from .data import BRATS_LABELS, PROMPTS, FrameVolume, brats_volume, frame_volume
+from .data import BRATS_LABELS, PROMPTS, FrameVolume, brats_volume, frame_volume, masks_frame_volume
 
 PROMPT_KINDS = ("profile", "shape", "colour", "class")
 
@@ -190,14 +190,16 @@ def ct_organs_2d_volumes(root: Path, limit: Optional[int] = None) -> list[FrameV
     for image in sorted((base / "images").glob("*.png"))[:limit]:
         volume = read_frames([image])  # 8-bit display values: percentile scaling, no CT window
         pattern = re.compile(rf"^{re.escape(image.stem)}_(.+)_\d+$")
-        structures, label = [], np.zeros(volume.array.shape[:3], np.int16)
-        for i, mask_path in enumerate(sorted((base / "masks").glob(f"{image.stem}_*.png")), start=1):
+        masks, prompts = {}, {}
+        for mask_path in sorted((base / "masks").glob(f"{image.stem}_*.png")):
             found = pattern.match(mask_path.stem)
-            if not found:
-                continue
-            label[0][_mask_file(mask_path)] = i
-            structures.append(StructureSpec(found.group(1), (i,), structure_prompts(found.group(1))))
-        out.append(spec_volume(volume, label, structures, f"ct_organs_2d/{image.stem}"))
+            mask = _mask_file(mask_path)[None]
+            if found and mask.any():  # organ masks may overlap: kept as separate masks, not one label map
+                masks[found.group(1)] = mask
+                prompts[found.group(1)] = structure_prompts(found.group(1))
+        fv = masks_frame_volume(volume, masks, f"ct_organs_2d/{image.stem}")
+        fv.prompts = prompts
+        out.append(fv)
     return out
 
 
@@ -205,7 +207,8 @@ def _split_adapter(name: str) -> Callable:
     def load(root: Path, limit: Optional[int] = None) -> list[FrameVolume]:
         from .data import DATASETS, default_splits
 
-        ids = default_splits(root)[name]["train"] + default_splits(root)[name]["val"]
+        split = default_splits(root)[name]
+        ids = split["train"] + split["val"]
         return DATASETS[name](root, ids[:limit])
 
     return load
