@@ -37,6 +37,16 @@ def _window(text: Optional[str]):
     return text
 
 
+def _slice_range(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        first, last = (int(v) for v in text.split(":"))
+    except ValueError as exc:
+        raise UserError(f"--slice-range takes FIRST:LAST slice indices (inclusive), not {text!r}") from exc
+    return first, last
+
+
 def _progress_bar(total_hint: int = 0):
     from tqdm import tqdm
 
@@ -56,7 +66,8 @@ def _progress_bar(total_hint: int = 0):
 
 def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: Optional[str], device: Optional[str],
                 axis: Optional[str], start_slice: Optional[int], window, overlay: Optional[Path],
-                names: Optional[list[str]] = None, first_mask_model: Optional[str] = None):
+                names: Optional[list[str]] = None, first_mask_model: Optional[str] = None,
+                slice_range: Optional[tuple[int, int]] = None, direction: str = "both"):
     """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix."""
     from .engine.device import DeviceError, pick_device
     from .engine.pipeline import PreparedVolume, SegmentRequest, segment_volume
@@ -92,7 +103,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
 
         propagator = make_propagator(model, str(dev), first_mask_model=first_mask)
         result = segment_volume(volume, requests, propagator=propagator, start_slice=start_slice,
-                                progress=callback, prepared=prepared)
+                                slice_range=slice_range, direction=direction, progress=callback, prepared=prepared)
     except (ValueError, IndexError) as exc:
         raise UserError(str(exc)) from exc
     finally:
@@ -113,7 +124,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
 def cmd_segment(args) -> int:
     run_segment(Path(args.input), args.prompt, Path(args.output), args.model, args.device, args.axis,
                 args.start_slice, _window(args.window), Path(args.overlay) if args.overlay else None, args.name,
-                args.first_mask_model)
+                args.first_mask_model, _slice_range(args.slice_range), args.direction)
     print(f"wrote {args.output}")
     return 0
 
@@ -203,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", help="cuda, mps, cpu or auto (default)")
     seg.add_argument("--axis", choices=("axial", "coronal", "sagittal"), help="slicing axis (default: acquisition)")
     seg.add_argument("--start-slice", type=int, help="slice to start from (default: the most confident slice)")
+    seg.add_argument("--slice-range", metavar="FIRST:LAST",
+                     help="segment only these slices (inclusive indices along the slicing axis)")
+    seg.add_argument("--direction", choices=("both", "forward", "backward"), default="both",
+                     help="propagate both ways from the start slice (default) or only towards higher/lower indices")
     seg.add_argument("--window", help="CT window preset (soft_tissue, lung, bone, brain, ...) or CENTRE,WIDTH")
     seg.add_argument("--overlay", help="also write a PNG with the outline on a few slices")
     seg.add_argument("--first-mask-model", help="a TPP model whose start-slice mask prompts the --model's "

@@ -57,6 +57,17 @@ def test_segment_writes_a_seg_nrrd_that_slicer_core_loads(small_ct, tiny_checkpo
     assert np.allclose(written.GetOrigin(), source.GetOrigin()) and written.GetSize() == source.GetSize()
 
 
+def test_slice_range_and_direction(small_ct, tmp_path):
+    """With the bundled model (which finds this tumour), only slices 5-7 are segmented: forward from slice 5 and
+    no further than the end of the range 3:7."""
+    out = tmp_path / "range.nii.gz"
+    assert main(["segment", str(small_ct), "-p", "a soft-tissue sarcoma", "-o", str(out), "--slice-range", "3:7",
+                 "--start-slice", "5", "--direction", "forward"]) == 0
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))  # (z, y, x); the acquisition axis is z here
+    assert all(labels[k].any() for k in (5, 6, 7))
+    assert not labels[[0, 1, 2, 3, 4, 8, 9]].any()  # before the start slice (forward only) and after the range
+
+
 @pytest.mark.parametrize("args,message", [
     (["segment", "missing.nii.gz", "-p", "x", "-o", "{tmp}/o.seg.nrrd"], "not found"),
     (["segment", "{ct}", "-p", " ", "-o", "{tmp}/o.seg.nrrd"], "non-empty"),
@@ -65,6 +76,8 @@ def test_segment_writes_a_seg_nrrd_that_slicer_core_loads(small_ct, tiny_checkpo
     (["segment", "{ct}", "-p", "spleen", "-o", "{tmp}/o.seg.nrrd", "--model", "{corrupt}"], "corrupt"),
     (["segment", "{png}", "-p", "spleen", "-o", "{tmp}/o.seg.nrrd"], "2D image"),
     (["segment", "{ct}", "-p", "spleen", "-o", "{tmp}/o.seg.nrrd", "--device", "cuda"], "CUDA"),
+    (["segment", "{ct}", "-p", "spleen", "-o", "{tmp}/o.seg.nrrd", "--slice-range", "3-8"], "FIRST:LAST"),
+    (["segment", "{ct}", "-p", "spleen", "-o", "{tmp}/o.seg.nrrd", "--slice-range", "8:30"], "slice range"),
 ])
 def test_bad_input_gives_one_clear_message_and_no_file(args, message, small_ct, tiny_checkpoint, tmp_path, capsys):
     corrupt = tmp_path / "corrupt"

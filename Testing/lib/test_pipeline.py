@@ -45,6 +45,28 @@ def test_one_direction_only(la_volume, tiny_model, direction, expected):
     assert not result.geometry.to_frames(seg.mask)[list(untouched)].any()
 
 
+def test_slice_range_limits_the_run_and_the_start_slice_search(la_volume, tiny_model):
+    events = []
+    result = segment_volume(la_volume, [SegmentRequest("the left atrium")], tiny_model, slice_range=(4, 11),
+                            progress=events.append)
+    seg = result.segments[0]
+    located = [e.slice_index for e in events if e.phase == "locate"]
+    assert located and all(4 <= i <= 11 for i in located)  # the coarse pass looks only inside the range
+    assert 4 <= seg.start_slice <= 11
+    assert sorted(seg.propagation.order) == list(range(4, 12))  # every slice of the range, once
+    outside = [*range(0, 4), *range(12, la_volume.shape[0])]
+    assert all(np.isinf(seg.slice_scores[i]) for i in outside)
+    assert not result.geometry.to_frames(seg.mask)[outside].any()
+    fixed = segment_volume(la_volume, [SegmentRequest("the left atrium")], tiny_model, start_slice=5,
+                           slice_range=(5, 8)).segments[0]
+    assert fixed.propagation.order == [5, 6, 7, 8]
+    for bad in ((8, 4), (-1, 3), (0, la_volume.shape[0])):
+        with pytest.raises(IndexError, match="slice range"):
+            segment_volume(la_volume, [SegmentRequest("the left atrium")], tiny_model, slice_range=bad)
+    with pytest.raises(IndexError, match="outside 5..8"):
+        segment_volume(la_volume, [SegmentRequest("the left atrium")], tiny_model, start_slice=2, slice_range=(5, 8))
+
+
 def test_encoding_is_batched_and_shared_between_prompts(la_volume, tiny_model):
     propagator = Propagator(tiny_model, "cpu", encode_batch_size=4)
     prepared = PreparedVolume(la_volume, tiny_model.image_size)

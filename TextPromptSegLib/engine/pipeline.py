@@ -95,14 +95,16 @@ class PreparedVolume:
 def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=None, *, propagator=None,
                    device: Optional[str] = None, axis: Optional[str] = None, start_slice: Optional[int] = None,
                    window: Window = None, encode_batch_size: int = 8, max_empty_run: Optional[int] = None,
-                   direction: str = "both",
+                   direction: str = "both", slice_range: Optional[tuple[int, int]] = None,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                    session=None, prepared: Optional[PreparedVolume] = None) -> VolumeSegmentation:
     """Segment ``volume`` once per request. Give a built ``model`` or a ``propagator``.
 
     start_slice: index along the slicing axis (the voxel index on that axis); None picks it per prompt from a
     coarse pass. direction: "both", "forward" (increasing slice index) or "backward" from the start slice; slices
-    not reached stay empty. Raises ValueError for empty prompts, ``Cancelled`` when cancelled (nothing is returned).
+    not reached stay empty. slice_range: (first, last) slice indices, inclusive, along the slicing axis; slices
+    outside stay empty (default: the whole volume). Raises ValueError for empty prompts, IndexError for a start
+    slice or range outside the volume, ``Cancelled`` when cancelled (nothing is returned).
     """
     from .tpp_engine import make_propagator
 
@@ -136,7 +138,7 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
 
         result = session.propagate(request.prompt.strip(), start_index=start_slice, mask_prompts=masks,
                                    point_prompts=points, max_empty_run=max_empty_run, direction=direction,
-                                   progress=relay, cancel=cancel)
+                                   frame_range=slice_range, progress=relay, cancel=cancel)
         frame_masks = np.zeros(prepared.frames.shape[:3], bool)
         for start in range(0, len(prepared), 16):
             frame_masks[start : start + 16] = transform.logits_to_frame(result.logits[start : start + 16])

@@ -93,6 +93,23 @@ class PropagationResult:
         return out
 
 
+def check_frame_range(frame_range: Optional[tuple[int, int]], n: int) -> tuple[int, int]:
+    """(first, last) inclusive frame indices within 0..n-1; None means every frame."""
+    if frame_range is None:
+        return 0, n - 1
+    first, last = (int(i) for i in frame_range)
+    if not 0 <= first <= last < n:
+        raise IndexError(f"slice range {first}..{last} is not within 0..{n - 1} (first <= last)")
+    return first, last
+
+
+def coarse_candidates(first: int, last: int, stride: Optional[int] = None, samples: int = 16) -> list[int]:
+    """About ``samples`` evenly spaced frames of first..last for the coarse start-slice pass."""
+    count = last - first + 1
+    stride = stride or max(1, math.ceil(count / samples))
+    return list(range(first + stride // 2, last + 1, stride)) or [first]
+
+
 class Propagator:
     """Runs a TGSAM2 over frame sources. One instance per model and device; create sessions per volume."""
 
@@ -232,11 +249,12 @@ class Session:
                                     "object_score_logits")}
 
     def locate(self, prompt: str, stride: Optional[int] = None, cancel: Optional[CancelToken] = None,
-               progress: Optional[ProgressCallback] = None) -> tuple[int, np.ndarray]:
-        """Coarse text-only pass: object score on every ``stride``-th frame; returns (best frame, scores)."""
+               progress: Optional[ProgressCallback] = None,
+               frame_range: Optional[tuple[int, int]] = None) -> tuple[int, np.ndarray]:
+        """Coarse text-only pass: object score on every ``stride``-th frame of ``frame_range`` (first, last;
+        default all); returns (best frame, scores)."""
         text = self.text(prompt)
-        stride = stride or max(1, math.ceil(len(self) / 16))
-        candidates = list(range(stride // 2, len(self), stride)) or [0]
+        candidates = coarse_candidates(*check_frame_range(frame_range, len(self)), stride)
         tracker = ProgressTracker(progress, "locate", len(candidates))
         scores = np.full(len(self), -np.inf, np.float32)
         with torch.inference_mode():
@@ -252,9 +270,10 @@ class Session:
                   mask_prompts: Optional[Mapping[int, np.ndarray]] = None,
                   point_prompts: Optional[Mapping[int, dict]] = None, max_empty_run: Optional[int] = None,
                   stop_when_unchanged: Optional[tuple[PropagationResult, int]] = None,
+                  frame_range: Optional[tuple[int, int]] = None,
                   progress: Optional[ProgressCallback] = None,
                   cancel: Optional[CancelToken] = None) -> PropagationResult:
-        """Segment every frame for one prompt.
+        """Segment every frame (of ``frame_range``) for one prompt.
 
         prompt: the text (None: visual prompts only, plain SAM-2 behaviour).
         start_index: the conditioning frame; None picks it with :meth:`locate` (or the first prompted frame).
@@ -264,24 +283,27 @@ class Session:
         max_empty_run: stop a direction after this many consecutive frames without the object.
         stop_when_unchanged: (previous result, n): stop a direction once n consecutive frames equal the previous
             result's masks (refinement); frames not reached keep the previous result.
+        frame_range: (first, last) frames, inclusive, to segment; frames outside stay empty (default: all).
         Raises :class:`~.progress.Cancelled` when ``cancel`` is set (checked before every frame).
         """
         n = len(self)
         if n == 0:
             raise ValueError("no frames to segment")
+        first, last = check_frame_range(frame_range, n)
         mask_prompts = dict(mask_prompts or {})
         point_prompts = dict(point_prompts or {})
         if prompt is None and not mask_prompts and not point_prompts:
             raise ValueError("give a text prompt or at least one mask or point prompt")
         for index in (*mask_prompts, *point_prompts):
-            if not 0 <= index < n:
-                raise IndexError(f"prompted frame {index} is outside 0..{n - 1}")
+            if not first <= index <= last:
+                raise IndexError(f"prompted frame {index} is outside {first}..{last}")
         text = self.text(prompt)
         if start_index is None:
             prompted = sorted({*mask_prompts, *point_prompts})
-            start_index = prompted[0] if prompted else self.locate(prompt, cancel=cancel, progress=progress)[0]
-        if not 0 <= start_index < n:
-            raise IndexError(f"start slice {start_index} is outside 0..{n - 1}")
+            start_index = prompted[0] if prompted else self.locate(prompt, cancel=cancel, progress=progress,
+                                                                   frame_range=(first, last))[0]
+        if not first <= start_index <= last:
+            raise IndexError(f"start slice {start_index} is outside {first}..{last}")
 
         size = self.model.image_size
         low = size // 4
@@ -292,7 +314,7 @@ class Session:
         cond_frames = sorted({start_index, *mask_prompts, *point_prompts})
         forward = direction in ("both", "forward")
         backward = direction in ("both", "backward")
-        todo = len(cond_frames) + (n - 1 - start_index if forward else 0) + (start_index if backward else 0)
+        todo = len(cond_frames) + (last - start_index if forward else 0) + (start_index - first if backward else 0)
         tracker = ProgressTracker(progress, "propagate", todo)
 
         def record(index: int, out: dict) -> None:
@@ -309,8 +331,8 @@ class Session:
                                  points=point_prompts.get(index))
                 output_dict["cond_frame_outputs"][index] = out
                 record(index, out)
-            runs = ([(range(start_index + 1, n), False)] if forward else []) + (
-                [(range(start_index - 1, -1, -1), True)] if backward else [])
+            runs = ([(range(start_index + 1, last + 1), False)] if forward else []) + (
+                [(range(start_index - 1, first - 1, -1), True)] if backward else [])
             for frames, reverse in runs:
                 empty_run = same_run = 0
                 for index in frames:

@@ -17,7 +17,7 @@ import torch
 
 from .device import autocast, pick_device
 from .progress import CancelToken, ProgressCallback, ProgressTracker
-from .propagation import PropagationResult
+from .propagation import PropagationResult, check_frame_range, coarse_candidates
 
 
 def make_propagator(model, device=None, encode_batch_size: int = 8, first_mask_model=None):
@@ -76,11 +76,10 @@ class TPPSession:
     def _words(self, prompt: str):
         return self.model.encode_prompts(tpp_prompts(prompt))
 
-    def locate(self, prompt: str, cancel: Optional[CancelToken] = None,
-               progress: Optional[ProgressCallback] = None) -> tuple[int, np.ndarray]:
+    def locate(self, prompt: str, cancel: Optional[CancelToken] = None, progress: Optional[ProgressCallback] = None,
+               frame_range: Optional[tuple[int, int]] = None) -> tuple[int, np.ndarray]:
         words, mask = self._words(prompt)
-        stride = max(1, math.ceil(len(self) / 16))
-        candidates = list(range(stride // 2, len(self), stride)) or [0]
+        candidates = coarse_candidates(*check_frame_range(frame_range, len(self)))
         tracker = ProgressTracker(progress, "locate", len(candidates))
         scores = np.full(len(self), -np.inf, np.float32)
         with torch.inference_mode(), autocast(self.propagator.device):
@@ -102,7 +101,8 @@ class TPPSession:
     def propagate(self, prompt: Optional[str], start_index: Optional[int] = None, direction: str = "both",
                   mask_prompts: Optional[Mapping[int, np.ndarray]] = None,
                   point_prompts: Optional[Mapping[int, dict]] = None, max_empty_run: Optional[int] = None,
-                  stop_when_unchanged=None, progress: Optional[ProgressCallback] = None,
+                  stop_when_unchanged=None, frame_range: Optional[tuple[int, int]] = None,
+                  progress: Optional[ProgressCallback] = None,
                   cancel: Optional[CancelToken] = None) -> PropagationResult:
         if not prompt:
             raise ValueError("TPP needs a text prompt")
@@ -110,17 +110,18 @@ class TPPSession:
             raise ValueError("TPP takes text only; use a TGSAM-2 model (or the TPP -> SAM-2 pipeline) for visual "
                              "prompts")
         n = len(self)
+        first, last = check_frame_range(frame_range, n)
         if start_index is None:
-            start_index, _ = self.locate(prompt, cancel, progress)
-        if not 0 <= start_index < n:
-            raise IndexError(f"start slice {start_index} is outside 0..{n - 1}")
+            start_index, _ = self.locate(prompt, cancel, progress, (first, last))
+        if not first <= start_index <= last:
+            raise IndexError(f"start slice {start_index} is outside {first}..{last}")
         words, wmask = self._words(prompt)
         size = self.model.image_size // 4
         logits = torch.full((n, size, size), -math.inf, dtype=torch.float16)
         scores = np.full(n, -np.inf, np.float32)
         order: list[int] = []
-        runs = {"forward": [range(start_index, n)], "backward": [range(start_index, -1, -1)],
-                "both": [range(start_index, n), range(start_index, -1, -1)]}[direction]
+        up, down = range(start_index, last + 1), range(start_index, first - 1, -1)
+        runs = {"forward": [up], "backward": [down], "both": [up, down]}[direction]
         tracker = ProgressTracker(progress, "propagate", sum(len(r) for r in runs) - (len(runs) - 1))
         with torch.inference_mode(), autocast(self.propagator.device):
             for run in runs:
@@ -169,7 +170,8 @@ class _FirstMaskSession:
 
         if not prompt:
             raise ValueError("the TPP -> SAM-2 pipeline needs a text prompt")
-        index = start_index if start_index is not None else self.tpp.locate(prompt, cancel, progress)[0]
+        frame_range = kwargs.get("frame_range")
+        index = start_index if start_index is not None else self.tpp.locate(prompt, cancel, progress, frame_range)[0]
         logits, _ = self.tpp.first_mask(prompt, index)
         size = self.pipeline.model.image_size
         first = F.interpolate(logits[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0] > 0
