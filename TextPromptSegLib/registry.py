@@ -151,11 +151,13 @@ def resolve(name_or_path: Optional[str], download_missing: bool = False,
     return entry.kind, targets[0], entry.config
 
 
-def load_model(name_or_path: Optional[str] = None, device: str = "cpu", download_missing: bool = False):
-    """Build the registered (or given) model, ready for inference."""
+def load_model(name_or_path: Optional[str] = None, device: str = "cpu", download_missing: bool = False,
+               progress: Optional[Callable[[int, Optional[int]], None]] = None):
+    """Build the registered (or given) model, ready for inference; ``download_missing`` fetches registered files
+    (checksummed, ``progress(bytes done, total or None)``)."""
     from .modeling.build import build_model
 
-    kind, local, preset = resolve(name_or_path, download_missing)
+    kind, local, preset = resolve(name_or_path, download_missing, progress)
     if kind == "tpp":
         from .modeling.tpp import build_tpp
 

@@ -98,6 +98,41 @@ def segment_labelmap_copy(segmentation_node, segment_id: str):
     return copy
 
 
+def segment_mask(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """(z, y, x) bool mask of one segment resampled on ``volume_node``'s voxel grid (the Segmentations logic's
+    export, so shared layers, cropped extents and other geometries are handled as Slicer handles them)."""
+    import slicer
+    import vtk
+    from vtkmodules.util import numpy_support
+
+    scene = volume_node.GetScene()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, labelmap, volume_node):
+            raise ValueError(f"segment {segment_id!r} could not be exported on the volume's grid")
+        image = labelmap.GetImageData()
+        values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+        return values.reshape(image.GetDimensions()[::-1]) > 0
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+def segment_tag(segment, tag: str) -> str:
+    """A segment's tag value ('' when absent)."""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(tag, value) else ""
+
+
+def segment_prompt(segment) -> str:
+    """The text prompt a segment was made from ('' for segments TextPromptSeg did not make)."""
+    return segment_tag(segment, PROMPT_TAG)
+
+
 @dataclass
 class SegmentOutcome:
     """What happened to one prompt: the segment it landed in and a short summary for the panel."""
@@ -165,15 +200,23 @@ class TextPromptSegLogic:
         self.undo_stack: list[tuple[Any, dict[str, Any]]] = []  # (segmentation node, {segment id: copy or None})
 
     # ------------------------------------------------------------------ models (worker thread)
-    def _model(self, name: Optional[str], device: str):
+    def _model(self, name: Optional[str], device: str, progress: Optional[Callable[[Any], None]] = None):
+        """The model for (name, device), built once; registered files missing locally are downloaded with
+        checksum verification, reporting ``ProgressEvent("download", bytes done, bytes total)``."""
         key = (name, device)
         if key not in self._models:
             if self._model_loader is not None:
                 self._models[key] = self._model_loader(name, device)
             else:
+                from TextPromptSegLib.engine.progress import ProgressEvent
                 from TextPromptSegLib.registry import load_model
 
-                self._models[key] = load_model(name, device=device)
+                def downloaded(done: int, total: Optional[int]) -> None:
+                    if progress is not None:
+                        mb = f"{done / 1e6:.0f} of {total / 1e6:.0f} MB" if total else f"{done / 1e6:.0f} MB"
+                        progress(ProgressEvent("download", done, total or 0, message=f"downloading {name}: {mb}"))
+
+                self._models[key] = load_model(name, device=device, download_missing=True, progress=downloaded)
         return self._models[key]
 
     def _worker_thread(self) -> _Worker:
@@ -189,8 +232,12 @@ class TextPromptSegLogic:
     # ------------------------------------------------------------------ running
     def start(self, volume_node, prompts: Sequence[str], model: Optional[str] = None, device: str = "auto",
               start_slice: Optional[int] = None, axis: Optional[str] = None, window=None,
-              direction: str = "both", max_empty_run: Optional[int] = None) -> SegmentationJob:
-        """Validate on the calling (main) thread, copy the voxels, and run the model on the worker thread."""
+              direction: str = "both", max_empty_run: Optional[int] = None,
+              slice_range: Optional[tuple[int, int]] = None) -> SegmentationJob:
+        """Validate on the calling (main) thread, copy the voxels, and run the model on the worker thread.
+
+        start_slice and slice_range (first, last; inclusive) are indices along the slicing axis (``axis``, or the
+        acquisition axis), as returned by :meth:`slice_index_from_ras`."""
         from TextPromptSegLib.engine.pipeline import SegmentRequest, segment_volume
         from TextPromptSegLib.engine.progress import Cancelled, CancelToken
 
@@ -210,10 +257,10 @@ class TextPromptSegLogic:
                 from TextPromptSegLib.engine.device import pick_device
 
                 dev = str(pick_device(None if device in (None, "", "auto") else device))
-                job.result = segment_volume(volume, requests, self._model(model, dev), device=dev, axis=axis,
-                                            start_slice=start_slice, window=window, direction=direction,
-                                            max_empty_run=max_empty_run, progress=job.events.put,
-                                            cancel=job.cancel)
+                job.result = segment_volume(volume, requests, self._model(model, dev, job.events.put), device=dev,
+                                            axis=axis, start_slice=start_slice, window=window, direction=direction,
+                                            max_empty_run=max_empty_run, slice_range=slice_range,
+                                            progress=job.events.put, cancel=job.cancel)
             except Cancelled as exc:
                 job.error = exc
             except Exception as exc:  # reported to the GUI, which shows it; the worker keeps running
@@ -225,11 +272,11 @@ class TextPromptSegLogic:
         self._worker_thread().submit(run)
         return job
 
-    def process(self, volume_node, segmentation_node, prompts: Sequence[str], model: Optional[str] = None,
-                device: str = "auto", start_slice: Optional[int] = None, axis: Optional[str] = None,
-                window=None, timeout: Optional[float] = None) -> list[SegmentOutcome]:
-        """Segment and wait (batch scripts and tests). Raises the job's error; on cancel nothing changes."""
-        job = self.start(volume_node, prompts, model, device, start_slice, axis, window)
+    def process(self, volume_node, segmentation_node, prompts: Sequence[str], timeout: Optional[float] = None,
+                **options: Any) -> list[SegmentOutcome]:
+        """Segment and wait (batch scripts and tests); ``options`` are those of :meth:`start`. Raises the job's
+        error; on cancel or error the segmentation node is not changed."""
+        job = self.start(volume_node, prompts, **options)
         if not job.done.wait(timeout):
             job.cancel.cancel()
             job.done.wait()
@@ -279,12 +326,9 @@ class TextPromptSegLogic:
 
     @staticmethod
     def segment_id_for_prompt(segmentation_node, prompt: str) -> Optional[str]:
-        import vtk
-
         segmentation = segmentation_node.GetSegmentation()
         for i in range(segmentation.GetNumberOfSegments()):
-            value = vtk.reference("")
-            if segmentation.GetNthSegment(i).GetTag(PROMPT_TAG, value) and str(value) == prompt:
+            if segment_prompt(segmentation.GetNthSegment(i)) == prompt:
                 return segmentation.GetNthSegmentID(i)
         return None
 
@@ -305,19 +349,26 @@ class TextPromptSegLogic:
         return True
 
     @staticmethod
-    def slice_index_from_ras(volume_node, ras: Sequence[float], axis: Optional[str] = None) -> int:
+    def slicing_axis(volume_node, axis: Optional[str] = None) -> int:
+        """The IJK axis (0 = i, 1 = j, 2 = k) that slices are taken along: ``axis`` ("axial", "coronal",
+        "sagittal") resolved through the direction matrix, or the acquisition axis. Its numpy (z, y, x) axis is
+        ``2 - slicing_axis``."""
+        from TextPromptSegLib.engine.geometry import SliceGeometry
+
+        spacing, _, direction = geometry_from_node(volume_node)
+        return SliceGeometry.for_volume(direction, spacing, axis).slice_axis
+
+    @classmethod
+    def slice_index_from_ras(cls, volume_node, ras: Sequence[float], axis: Optional[str] = None) -> int:
         """Index along the slicing axis of the voxel containing the RAS point (for "use current slice")."""
         import vtk
-
-        from TextPromptSegLib.engine.geometry import SliceGeometry
 
         ras_to_ijk = vtk.vtkMatrix4x4()
         volume_node.GetRASToIJKMatrix(ras_to_ijk)
         ijk = _vtk_matrix_to_numpy(ras_to_ijk) @ np.array([*ras[:3], 1.0])
-        spacing, _, direction = geometry_from_node(volume_node)
-        geometry = SliceGeometry.for_volume(direction, spacing, axis)
-        index = int(round(ijk[geometry.slice_axis]))
-        return min(max(index, 0), volume_node.GetImageData().GetDimensions()[geometry.slice_axis] - 1)
+        slice_axis = cls.slicing_axis(volume_node, axis)
+        index = int(round(ijk[slice_axis]))
+        return min(max(index, 0), volume_node.GetImageData().GetDimensions()[slice_axis] - 1)
 
 
 def _library_entry(prompt: str):
