@@ -316,7 +316,8 @@ def ensureDependencies(askConfirmation: bool = True) -> bool:
     if "torch (PyTorch extension)" in missing:
         import PyTorchUtils
 
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.3") is None:
             raise RuntimeError(_("PyTorch could not be installed; install it from the PyTorch module."))
     try:
         from packaging.requirements import Requirement
