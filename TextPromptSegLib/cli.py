@@ -10,15 +10,19 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("textpromptseg")
 
 DEMO_PROMPT = "a soft-tissue sarcoma"
 DEMO_SAMPLE = ("Samples", "STS_002", "CT_image.nii.gz")
 DEMO_TRUTH = ("Samples", "STS_002", "CT_mask.nii.gz")
+REFERENCE_COLOR = (0.2, 0.9, 0.3)
 
 
 class UserError(Exception):
@@ -67,8 +71,10 @@ def _progress_bar(total_hint: int = 0):
 def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: Optional[str], device: Optional[str],
                 axis: Optional[str], start_slice: Optional[int], window, overlay: Optional[Path],
                 names: Optional[list[str]] = None, first_mask_model: Optional[str] = None,
-                slice_range: Optional[tuple[int, int]] = None, direction: str = "both"):
-    """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix."""
+                slice_range: Optional[tuple[int, int]] = None, direction: str = "both",
+                overlay_reference: Optional[np.ndarray] = None):
+    """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix.
+    ``overlay_reference``: a (z, y, x) reference mask drawn in green on the overlay beside the segments."""
     from .engine.device import DeviceError, pick_device
     from .engine.pipeline import PreparedVolume, SegmentRequest, segment_volume
     from .io.volumes import InputError, read_volume
@@ -113,8 +119,10 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     else:
         write_labelmap(volume, result.labelmap(), output)
     if overlay is not None:
-        write_overlay_png([s.mask for s in result.segments], [s.color for s in result.segments], overlay,
-                          frames=prepared.frames, frames_of=prepared.geometry.to_frames)
+        masks, colors = [s.mask for s in result.segments], [s.color for s in result.segments]
+        if overlay_reference is not None:
+            masks, colors = [*masks, overlay_reference], [*colors, REFERENCE_COLOR]
+        write_overlay_png(masks, colors, overlay, frames=prepared.frames, frames_of=prepared.geometry.to_frames)
     for seg in result.segments:
         print(f"{seg.name}: {seg.slices_with_object} slices with the object, {seg.volume_ml:.1f} mL "
               f"(start slice {seg.start_slice})")
@@ -141,13 +149,14 @@ def cmd_demo(args) -> int:
     seg_path, png_path = out / "sarcoma.seg.nrrd", out / "sarcoma_overlay.png"
     print(f"segmenting the bundled sample {sample.name} (TCIA soft-tissue sarcoma, CC BY 3.0) with "
           f"'{DEMO_PROMPT}'")
-    result = run_segment(sample, [DEMO_PROMPT], seg_path, args.model, args.device, None, None, None, png_path,
-                         ["Sarcoma"])
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(resource_path(*DEMO_TRUTH)))) > 0
+    result = run_segment(sample, [DEMO_PROMPT], seg_path, args.model, args.device, None, None, None, png_path,
+                         ["Sarcoma"], overlay_reference=truth)
     mask = result.segments[0].mask
     dice = 2 * np.logical_and(mask, truth).sum() / max(1, mask.sum() + truth.sum())
-    print(f"Dice against the reference tumour outline: {dice:.3f}")
-    print(f"wrote {seg_path} and {png_path}")
+    truth_ml = truth.sum() * np.prod(result.volume.spacing) / 1000
+    print(f"Dice against the reference tumour outline: {dice:.3f} (reference {truth_ml:.1f} mL)")
+    print(f"wrote {seg_path} and {png_path} (segment outline in its colour, reference outline in green)")
     return 0
 
 
