@@ -58,6 +58,9 @@ def _progress_bar(total_hint: int = 0):
     state = {"phase": None}
 
     def callback(event) -> None:
+        if event.phase == "estimate":
+            log.info("running on the CPU: %s", event.message)
+            return
         if event.phase != state["phase"]:
             state["phase"] = event.phase
             bar.reset(total=event.total)
@@ -97,19 +100,16 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         raise UserError(str(exc)) from exc
     if start_slice is not None and not 0 <= start_slice:
         raise UserError("--start-slice must be a slice index (0 or more)")
-    if dev.type == "cpu":
-        n = max(volume.shape)
-        log.info("running on the CPU: expect roughly %d-%d s for %d prompt(s)", n * len(prompts) // 10,
-                 n * len(prompts) // 2 + 5, len(prompts))
-    bar, callback = _progress_bar()
     requests = [SegmentRequest(p, name=(names[i] if names and i < len(names) else None)) for i, p in enumerate(prompts)]
+    bar, callback = _progress_bar()
     try:
         prepared = PreparedVolume(volume, model.image_size, axis, window)
         from .engine.tpp_engine import make_propagator
 
         propagator = make_propagator(model, str(dev), first_mask_model=first_mask)
         result = segment_volume(volume, requests, propagator=propagator, start_slice=start_slice,
-                                slice_range=slice_range, direction=direction, progress=callback, prepared=prepared)
+                                slice_range=slice_range, direction=direction, progress=callback, prepared=prepared,
+                                estimate=dev.type == "cpu")
     except (ValueError, IndexError) as exc:
         raise UserError(str(exc)) from exc
     finally:

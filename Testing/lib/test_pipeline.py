@@ -67,6 +67,24 @@ def test_slice_range_limits_the_run_and_the_start_slice_search(la_volume, tiny_m
         segment_volume(la_volume, [SegmentRequest("the left atrium")], tiny_model, start_slice=2, slice_range=(5, 8))
 
 
+def test_time_estimate_comes_first_and_changes_nothing(la_volume, tiny_model):
+    """The measured estimate is reported before any other work, reuses its encodings (each slice is still encoded
+    once) and leaves the result bit for bit as without it. (How close it is to the real time is a benchmark
+    matter: benchmarks/bench_propagation.py prints both.)"""
+    propagator = Propagator(tiny_model, "cpu", encode_batch_size=4)
+    prepared = PreparedVolume(la_volume, tiny_model.image_size)
+    session = propagator.start_session(prepared.frame_source())
+    events = []
+    estimated = segment_volume(la_volume, [SegmentRequest("the left atrium")], propagator=propagator, session=session,
+                               prepared=prepared, estimate=True, progress=events.append).segments[0]
+    assert events[0].phase == "estimate" and 0 < events[0].eta_seconds < float("inf")
+    assert [e.phase for e in events[1:]].count("estimate") == 0
+    assert session.encode_count == len(prepared)
+    plain = segment_volume(la_volume, [SegmentRequest("the left atrium")], tiny_model).segments[0]
+    assert torch.equal(estimated.propagation.logits, plain.propagation.logits)
+    assert estimated.propagation.order == plain.propagation.order
+
+
 def test_encoding_is_batched_and_shared_between_prompts(la_volume, tiny_model):
     propagator = Propagator(tiny_model, "cpu", encode_batch_size=4)
     prepared = PreparedVolume(la_volume, tiny_model.image_size)

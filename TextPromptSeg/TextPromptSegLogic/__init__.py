@@ -260,7 +260,7 @@ class TextPromptSegLogic:
                 job.result = segment_volume(volume, requests, self._model(model, dev, job.events.put), device=dev,
                                             axis=axis, start_slice=start_slice, window=window, direction=direction,
                                             max_empty_run=max_empty_run, slice_range=slice_range,
-                                            progress=job.events.put, cancel=job.cancel)
+                                            estimate=dev == "cpu", progress=job.events.put, cancel=job.cancel)
             except Cancelled as exc:
                 job.error = exc
             except Exception as exc:  # reported to the GUI, which shows it; the worker keeps running

@@ -17,7 +17,7 @@ import numpy as np
 from ..io.volumes import Volume, validate
 from .geometry import SliceGeometry
 from .preprocess import FrameTransform, Window, normalize_intensity
-from .progress import CancelToken, ProgressCallback
+from .progress import CancelToken, ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class PreparedVolume:
 def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=None, *, propagator=None,
                    device: Optional[str] = None, axis: Optional[str] = None, start_slice: Optional[int] = None,
                    window: Window = None, encode_batch_size: int = 8, max_empty_run: Optional[int] = None,
-                   direction: str = "both", slice_range: Optional[tuple[int, int]] = None,
+                   direction: str = "both", slice_range: Optional[tuple[int, int]] = None, estimate: bool = False,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                    session=None, prepared: Optional[PreparedVolume] = None) -> VolumeSegmentation:
     """Segment ``volume`` once per request. Give a built ``model`` or a ``propagator``.
@@ -103,8 +103,10 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
     start_slice: index along the slicing axis (the voxel index on that axis); None picks it per prompt from a
     coarse pass. direction: "both", "forward" (increasing slice index) or "backward" from the start slice; slices
     not reached stay empty. slice_range: (first, last) slice indices, inclusive, along the slicing axis; slices
-    outside stay empty (default: the whole volume). Raises ValueError for empty prompts, IndexError for a start
-    slice or range outside the volume, ``Cancelled`` when cancelled (nothing is returned).
+    outside stay empty (default: the whole volume). estimate: first measure how long the run will take
+    (``Session.estimate_seconds``) and report it as a ``ProgressEvent`` of phase "estimate" whose ``eta_seconds`` is
+    the estimate (the CLI and the Slicer panel show it before a CPU run). Raises ValueError for empty prompts,
+    IndexError for a start slice or range outside the volume, ``Cancelled`` when cancelled (nothing is returned).
     """
     from .tpp_engine import make_propagator
 
@@ -121,6 +123,13 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
         propagator = make_propagator(model, device, encode_batch_size)
     prepared = prepared or PreparedVolume(volume, propagator.model.image_size, axis, window)
     session = session or propagator.start_session(prepared.frame_source())
+    if estimate and hasattr(session, "estimate_seconds"):
+        frames = slice_range[1] - slice_range[0] + 1 if slice_range else len(prepared)
+        seconds = session.estimate_seconds(len(requests), locate=start_slice is None, frames=frames)
+        if progress is not None:
+            progress(ProgressEvent("estimate", 0, frames, -1, seconds,
+                                   f"estimated {seconds:.0f} s for {len(requests)} prompt(s) over {frames} slices "
+                                   f"on {getattr(propagator, 'device', 'this device')} (measured on this machine)"))
     row_mm, col_mm = prepared.geometry.row_spacing, prepared.geometry.col_spacing
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     transform = prepared.transform

@@ -212,6 +212,44 @@ class Session:
                 self._encode_batch(todo)
             tracker.step(start, count=min(batch, len(self) - start))
 
+    def estimate_seconds(self, prompts: int = 1, locate: bool = True, frames: Optional[int] = None) -> float:
+        """A measured estimate of how long ``prompts`` propagations over ``frames`` (default: all) will take.
+
+        Times warm calls only (the first call of each shape pays one-off set-up costs many times a warm call):
+        the image encoder on the second batch (both batches stay in the cache and the run reuses them), and the
+        second of two conditioning steps and of two tracking steps reading a full memory bank (the per-slice cost
+        once the bank has filled). Then scales: every frame encoded once (once per prompt when the cache cannot
+        hold the volume), the coarse start-slice pass (``locate``), one tracking step per frame and prompt.
+        Costs about four tracking steps beyond the encoding that the run needs anyway.
+        """
+        from time import perf_counter
+
+        def timed(call) -> float:
+            start = perf_counter()
+            call()
+            return perf_counter() - start
+
+        n = frames or len(self)
+        batch = self.propagator.encode_batch_size
+        with torch.inference_mode():
+            per_encode = timed(lambda: self.backbone(0)) / min(batch, len(self))
+            if len(self) > batch:
+                per_encode = timed(lambda: self.backbone(batch)) / min(batch, len(self) - batch)
+            empty: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+            first = self._step(0, True, None, empty)
+            per_condition = timed(lambda: self._step(0, True, None, empty))
+            index = min(self.model.num_maskmem, len(self) - 1)
+            per_track = per_condition
+            if index > 0:
+                bank = {"cond_frame_outputs": {0: first},
+                        "non_cond_frame_outputs": {i: first for i in range(1, index)}}
+                self._step(index, False, None, bank)
+                per_track = timed(lambda: self._step(index, False, None, bank))
+        holds_volume = _nbytes(self._cache[0]) * n <= self.propagator.cache_bytes
+        encodes = n * (1 if holds_volume else prompts)
+        located = len(coarse_candidates(0, n - 1)) * per_condition if locate else 0.0
+        return encodes * per_encode + prompts * (located + n * per_track)
+
     def text(self, prompt: Optional[str]):
         if prompt is None:
             return None
