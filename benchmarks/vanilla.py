@@ -22,6 +22,7 @@ class Comparison:
     ours_seconds: float
     vanilla_seconds: float
     ours_encode_seconds: float
+    estimated_seconds: float = float("nan")  # Session.estimate_seconds for this run, measured beforehand
 
     @property
     def disagreement(self) -> float:
@@ -90,8 +91,10 @@ def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_b
         _sync(device)
         vanilla_seconds = time.perf_counter() - start
 
+    propagator = Propagator(ours, device, encode_batch_size=encode_batch_size)
+    estimated = propagator.start_session(unit).estimate_seconds(1, locate=False)  # a separate session: not timed
     start = time.perf_counter()
-    session = Propagator(ours, device, encode_batch_size=encode_batch_size).start_session(unit)
+    session = propagator.start_session(unit)
     session.encode_all()
     _sync(device)
     encode_seconds = time.perf_counter() - start
@@ -99,4 +102,4 @@ def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_b
     ours_masks = result.masks(size)
     _sync(device)
     ours_seconds = time.perf_counter() - start
-    return Comparison(ours_masks, vanilla_masks, ours_seconds, vanilla_seconds, encode_seconds)
+    return Comparison(ours_masks, vanilla_masks, ours_seconds, vanilla_seconds, encode_seconds, estimated)
