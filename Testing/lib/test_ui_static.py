@@ -135,3 +135,19 @@ def test_cmake_and_s4ext_agree():
     assert "EXTENSION_DEPENDS PyTorch" in cmake.replace('"', "") and re.search(r"^depends\s+PyTorch", s4ext, re.M)
     module_cmake = (ROOT / "TextPromptSeg" / "CMakeLists.txt").read_text()
     assert "TextPromptSegLib" in module_cmake and "Resources" in module_cmake and "TextPromptSegLogic" in module_cmake
+
+
+def test_extension_metadata_urls_point_at_files_in_this_repository():
+    """The icon and screenshot URLs of CMakeLists.txt and the .s4ext (shown by the Extensions Manager) name files that
+    exist here, and the two files agree (a broken image or a mismatch is an extension metadata error)."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    s4ext = (ROOT / "TextPromptSeg.s4ext").read_text()
+    urls = {}
+    for key, cmake_name in (("iconurl", "EXTENSION_ICONURL"), ("screenshoturls", "EXTENSION_SCREENSHOTURLS")):
+        from_cmake = re.search(rf'set\({cmake_name} "([^"]+)"\)', cmake).group(1)
+        from_s4ext = re.search(rf"^{key} (\S+)", s4ext, re.M).group(1)
+        assert from_cmake == from_s4ext, f"{key}: CMakeLists.txt and the .s4ext differ"
+        urls[key] = from_cmake
+    for url in urls.values():
+        relative = url.split("/main/", 1)[1]
+        assert (ROOT / relative).is_file(), f"{url} names {relative}, which is not in the repository"
