@@ -38,17 +38,10 @@ def make_propagator(model, device=None, encode_batch_size: int = 8, first_mask_m
 
 def tpp_prompts(text: str, max_prompts: int = 3) -> list[str]:
     """1 to 3 prompts for one structure: ``;``-separated in the text, else the text plus the prompt library's
-    profile / shape / colour descriptions of the structure it names."""
-    from ..prompts import match_prompt
+    profile / shape / colour descriptions of the structure it names (``prompts.prompt_set``)."""
+    from ..prompts import prompt_set
 
-    parts = [p.strip() for p in text.split(";") if p.strip()]
-    if not parts:
-        raise ValueError("a text prompt must not be empty")
-    if len(parts) == 1:
-        entry = match_prompt(parts[0]).entry
-        if entry is not None:
-            parts += [p for p in entry.prompts.values() if p and p != parts[0]]
-    return parts[:max_prompts]
+    return prompt_set(text, max_prompts)
 
 
 class TPPPropagator:
