@@ -24,6 +24,7 @@ TPP_paper.txt, section 3), in plain PyTorch.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -182,6 +183,21 @@ def _sine_pos(h: int, w: int, dim: int, device) -> torch.Tensor:
     return torch.cat(parts, -1)
 
 
+@functools.lru_cache(maxsize=16)
+def _grid_encodings_cached(shapes: tuple[tuple[int, int], ...], dim: int, device: str, inference: bool):
+    sine = torch.cat([_sine_pos(h, w, dim, device) for h, w in shapes], 0)[None]
+    ref = torch.cat([torch.stack(torch.meshgrid((torch.arange(h, device=device) + 0.5) / h,
+                                                (torch.arange(w, device=device) + 0.5) / w,
+                                                indexing="ij")[::-1], -1).view(-1, 2) for h, w in shapes])[None]
+    return sine, ref
+
+
+def _grid_encodings(shapes: tuple[tuple[int, int], ...], dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sine position encodings (1, sum HW, dim) and reference points (1, sum HW, 2) of the encoder's levels
+    (constants, cached per shape and device)."""
+    return _grid_encodings_cached(shapes, dim, str(device), torch.is_inference_mode_enabled())
+
+
 def _ffn(dims: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(dims) - 1):
@@ -303,14 +319,21 @@ class TPP(nn.Module):
         return fused, weights, int(weights[0].argmax())
 
     # -- one image -------------------------------------------------------------------------------------------------
-    def step(self, image: torch.Tensor, words: torch.Tensor, words_mask: torch.Tensor,
-             state: Optional[TPPState] = None) -> dict[str, Any]:
-        """image (1, 3, S, S) in [0, 1]. The first image (state None) selects the prompt and runs Nq queries; later
-        images run the one propagated query. Returns boxes (Q, 4) cxcywh in [0, 1], mask logits (Q, S/4, S/4),
-        class logits (Q,), the best index, the next state, the relevance weights and the selected prompt."""
+    def visual_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, 3, S, S) in [0, 1] -> the 4 projected levels (B, C, S/4..S/32, ...) (Eq. 2). Text-free, so a
+        clip's images can be encoded in one batch and handed to ``step`` one by one."""
+        feats = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        return [proj(f) for proj, f in zip(self.input_proj, feats)]
+
+    def step(self, image: Optional[torch.Tensor], words: torch.Tensor, words_mask: torch.Tensor,
+             state: Optional[TPPState] = None, levels: Optional[list[torch.Tensor]] = None) -> dict[str, Any]:
+        """image (1, 3, S, S) in [0, 1] (or its ``visual_levels``, batch 1). The first image (state None) selects
+        the prompt and runs Nq queries; later images run the one propagated query. Returns boxes (Q, 4) cxcywh in
+        [0, 1], mask logits (Q, S/4, S/4), class logits (Q,), the best index, the next state, the relevance weights
+        and the selected prompt."""
         cfg = self.config
-        feats = self.backbone((image - self.pixel_mean) / self.pixel_std)
-        levels = [proj(f) for proj, f in zip(self.input_proj, feats)]
+        levels = levels if levels is not None else self.visual_levels(image)
+        device = levels[0].device
         if state is None:
             fused, weights, selected = self.referring(levels, words, words_mask)
             sel_words, sel_mask = words[selected:selected + 1], words_mask[selected:selected + 1]
@@ -321,11 +344,8 @@ class TPP(nn.Module):
         # deformable encoder over levels 2-4
         shapes = [tuple(f.shape[-2:]) for f in fused[1:]]
         src = torch.cat([f.flatten(2).transpose(1, 2) for f in fused[1:]], 1)
-        pos = torch.cat([_sine_pos(h, w, cfg.hidden, image.device) + self.level_embed[i]
-                         for i, (h, w) in enumerate(shapes)], 0)[None]
-        ref = torch.cat([torch.stack(torch.meshgrid((torch.arange(h, device=image.device) + 0.5) / h,
-                                                    (torch.arange(w, device=image.device) + 0.5) / w,
-                                                    indexing="ij")[::-1], -1).view(-1, 2) for h, w in shapes])[None]
+        sine, ref = _grid_encodings(tuple(shapes), cfg.hidden, device)
+        pos = sine + torch.cat([self.level_embed[i].expand(h * w, -1) for i, (h, w) in enumerate(shapes)])[None]
         memory = src
         for layer in self.encoder:
             memory = layer(memory, pos, ref, shapes)
@@ -372,34 +392,38 @@ class TPP(nn.Module):
                 "weights": weights, "selected": selected}
 
     def _dynamic_masks(self, feat: torch.Tensor, q: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """feat (k, H, W); q (Q, C); boxes (Q, 4) -> mask logits (Q, H, W)."""
+        """feat (k, H, W); q (Q, C); boxes (Q, 4) -> mask logits (Q, H, W): per query, three 1x1 convolutions whose
+        weights the controller generates, over the features and the coordinates relative to the query's box
+        centre."""
         k, h, w = feat.shape
-        ys = (torch.arange(h, device=feat.device) + 0.5) / h
-        xs = (torch.arange(w, device=feat.device) + 0.5) / w
+        n = q.shape[0]
+        ys = (torch.arange(h, device=feat.device, dtype=feat.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=feat.device, dtype=feat.dtype) + 0.5) / w
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack([gx, gy]).flatten(1)  # (2, HW)
+        rel = grid[None] - boxes[:, :2, None].to(feat.dtype)  # (Q, 2, HW)
+        x = torch.cat([feat.flatten(1)[None].expand(n, -1, -1), rel], 1)  # (Q, k + 2, HW)
         params = self.controller(q)
-        out = []
-        for i in range(q.shape[0]):
-            rel = torch.stack([gx - boxes[i, 0], gy - boxes[i, 1]])  # relative coordinates to the box centre
-            x = torch.cat([feat, rel.to(feat.dtype)]).flatten(1)  # (k + 2, HW)
-            offset = 0
-            for layer, (cin, cout) in enumerate(self.dyn_shapes):
-                weight = params[i, offset: offset + cin * cout].view(cout, cin)
-                offset += cin * cout
-                bias = params[i, offset: offset + cout]
-                offset += cout
-                x = weight @ x + bias[:, None]
-                if layer < len(self.dyn_shapes) - 1:
-                    x = F.relu(x)
-            out.append(x.view(h, w))
-        return torch.stack(out)
+        offset = 0
+        for layer, (cin, cout) in enumerate(self.dyn_shapes):
+            weight = params[:, offset: offset + cin * cout].view(n, cout, cin)
+            offset += cin * cout
+            bias = params[:, offset: offset + cout]
+            offset += cout
+            x = torch.baddbmm(bias[:, :, None], weight, x)
+            if layer < len(self.dyn_shapes) - 1:
+                x = F.relu(x)
+        return x.view(n, h, w)
 
-    def forward_sequence(self, images: torch.Tensor, prompts: list[str]) -> list[dict[str, Any]]:
-        """images (T, 3, S, S) in [0, 1] with the Np prompts of one structure -> one output dict per image."""
+    def forward_sequence(self, images: torch.Tensor, prompts: list[str],
+                         levels: Optional[list[torch.Tensor]] = None) -> list[dict[str, Any]]:
+        """images (T, 3, S, S) in [0, 1] (or their ``visual_levels``, batch T) with the Np prompts of one structure
+        -> one output dict per image. The images are encoded in one batch; the rest runs image by image."""
         words, mask = self.encode_prompts(prompts)
+        levels = levels if levels is not None else self.visual_levels(images)
         state, outputs = None, []
-        for t in range(images.shape[0]):
-            out = self.step(images[t:t + 1], words, mask, state)
+        for t in range(levels[0].shape[0]):
+            out = self.step(None, words, mask, state, levels=[f[t:t + 1] for f in levels])
             state = out["state"]
             outputs.append(out)
         return outputs
@@ -501,20 +525,21 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, 
 def tpp_loss(outputs: list[dict[str, Any]], masks: torch.Tensor, weights: Optional[dict[str, float]] = None):
     """Eqs. 13-15 over one sequence: ``outputs`` of ``forward_sequence``, ``masks`` (T, S, S) bool. Per image, the
     query with the lowest matching cost is trained on box (L1 5, GIoU 2), mask (Dice 5, focal 2) and class (focal 2,
-    target 1); the other queries' class target is 0; images without the object train every class target to 0."""
+    target 1); the other queries' class target is 0; images without the object train every class target to 0.
+    The S/4 mask logits are upsampled bilinearly to the target's S x S first (as inference does, and as
+    ReferFormer's loss does), so the loss sees the boundary the user gets."""
     w = {"l1": 5.0, "giou": 2.0, "dice": 5.0, "mask_focal": 2.0, "cls": 2.0, **(weights or {})}
     total = masks.new_zeros((), dtype=torch.float32)
     for out, target in zip(outputs, masks):
-        pred_masks = out["masks"].float()
-        small = F.interpolate(target[None, None].float(), size=pred_masks.shape[-2:], mode="area")[0, 0] > 0.5
-        present = bool(small.any())
-        n = pred_masks.shape[0]
-        if not present:
+        n = out["masks"].shape[0]
+        if not bool(target.any()):
             total = total + w["cls"] * focal_loss(out["logits"].float(), torch.zeros(n, device=masks.device))
             continue
-        box = mask_to_box(small)[None].expand(n, -1)
+        pred_masks = F.interpolate(out["masks"].float()[:, None], size=target.shape[-2:], mode="bilinear",
+                                   align_corners=False)[:, 0]
+        box = mask_to_box(target)[None].expand(n, -1)
         prob = pred_masks.flatten(1).sigmoid()
-        flat = small.flatten()[None].float().expand(n, -1)
+        flat = target.flatten()[None].float().expand(n, -1)
         dice = 1 - (2 * (prob * flat).sum(1) + 1) / (prob.sum(1) + flat.sum(1) + 1)
         cost = (w["l1"] * (out["boxes"].float() - box).abs().sum(1) + w["giou"] * giou_loss(out["boxes"].float(), box)
                 + w["dice"] * dice + w["mask_focal"] * focal_loss(pred_masks.flatten(1), flat)
