@@ -69,8 +69,9 @@ def _is_tpp(model) -> bool:
 
 
 def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-3, fade_after: int | None = None,
-          both_objects: bool = True, fade_contrast: float = 0.04) -> list[float]:
-    """Train all but the frozen text encoder on text-only prompts; returns the loss curve.
+          both_objects: bool = True, fade_contrast: float = 0.04, final_lr: float | None = None) -> list[float]:
+    """Train all but the frozen text encoder on text-only prompts; returns the loss curve. ``final_lr``: the lr
+    follows a cosine from ``lr`` down to it (default: constant).
 
     TGSAM-2: Dice + BCE on the masks and BCE on the object score. TPP: the training pipeline's objective
     (``tpp_loss``, best-query matching); half of its sequences get both prompt variants of the object (Np = 2,
@@ -81,6 +82,9 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
     size = model.image_size
     params = [p for n, p in model.named_parameters() if not n.startswith("text_encoder.")]
     opt = torch.optim.Adam(params, lr=lr)
+    schedule = None
+    if final_lr is not None:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps - 1), eta_min=final_lr)
     model.train()
     losses = []
     gen = torch.Generator().manual_seed(seed)
@@ -97,6 +101,8 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
             losses.append(loss.item())
             continue
         out = model.forward_sequence(images, model.encode_text(prompts))
@@ -107,6 +113,8 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
         losses.append(loss.item())
     model.eval()
     return losses
