@@ -37,7 +37,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     augment_spatial: float = 0.0  # probability of a random affine per clip
-    max_minutes: float = 0.0  # > 0: stop (and save) after this long; the lr then halves 3 times over the budget
+    max_minutes: float = 0.0  # > 0: stop (and save) after this long; the lr then halves (at most) 3 times over the
+    # budget, every quarter of the steps estimated from the rate measured after step 20
     grad_accum: int = 1  # micro-batches of ``batch_size`` clips per optimiser step
     prompts_per_clip: int = 1  # > 1: clips may get up to this many prompt variants joined by ';' (TPP's Np)
 
@@ -232,6 +233,8 @@ class Trainer:
                     total = self.step - first_step + int(rate * (budget - elapsed))
                     step_size, fitted = max(1, total // 4), True
                     log.info("about %d steps fit the budget; lr halves every %d", total, step_size)
+                if budget and fitted and self.scheduler.get_last_lr()[0] <= self.config.lr / 8 * (1 + 1e-6):
+                    step_size = 1 << 30  # 3 halvings per budget at most: on a shared machine the rate can rise later
                 if budget and self.world > 1:  # every rank follows rank 0's clock
                     stop, step_size = self._from_rank0(stop, step_size)
                 self.scheduler.step_size = step_size
