@@ -46,6 +46,8 @@ def test_tpp_prompts_expand_a_library_structure():
     expanded = tpp_prompts("spleen")
     assert expanded[0] == "spleen" and 2 <= len(expanded) <= 3
     assert tpp_prompts("a strange thing nobody catalogued") == ["a strange thing nobody catalogued"]
+    with pytest.raises(ValueError, match="1 to 3 prompts"):
+        tpp_prompts("a; b; c; d")
 
 
 def test_tpp_checkpoint_round_trip(tpp_checkpoint):
