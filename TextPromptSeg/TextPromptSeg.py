@@ -124,6 +124,7 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.presetComboBox.connect("activated(int)", self.onPreset)
         self.ui.promptsTextEdit.connect("textChanged()", self.onPromptsChanged)
+        self.ui.modelComboBox.connect("currentTextChanged(QString)", lambda _text: self.onPromptsChanged())
         self.ui.useCurrentSliceButton.connect("clicked(bool)", self.onUseCurrentSlice)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
@@ -199,13 +200,11 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.presetComboBox.setCurrentIndex(0)
 
     def onPromptsChanged(self) -> None:
-        from TextPromptSegLib.prompts import describe, match_prompt
-
         text = self.ui.promptsTextEdit.toPlainText()
         if self._parameterNode and self._parameterNode.prompts != text:
             self._parameterNode.prompts = text  # saved with the scene
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        self.ui.matchLabel.text = "\n".join(f"{line}  \u2192  {describe(match_prompt(line))}" for line in lines)
+        # one line per structure; for a TPP model the echo lists the prompts it reads (';' separates them)
+        self.ui.matchLabel.text = "\n".join(self.logic.describe_prompts(text, self.ui.modelComboBox.currentText))
 
     def onModelChanged(self, text: str) -> None:
         if self._parameterNode and self._parameterNode.model != text:

@@ -101,3 +101,45 @@ def describe(match: Match) -> str:
     if match.entry is None:
         return "free text"
     return f"{match.entry.name} ({match.how})"
+
+
+TPP_MAX_PROMPTS = 3
+
+
+def prompt_set(line: str, max_prompts: int = TPP_MAX_PROMPTS) -> list[str]:
+    """The 1 to ``max_prompts`` prompts of one structure for TPP (profile, shape, colour): ``;``-separated in the
+    line, else the line plus the prompt library's descriptions of the structure it names (unknown text: the line
+    alone). Raises ValueError for an empty line or more than ``max_prompts`` typed prompts."""
+    parts = [p.strip() for p in line.split(";") if p.strip()]
+    if not parts:
+        raise ValueError("a text prompt must not be empty")
+    if len(parts) > max_prompts:
+        raise ValueError(f"TPP reads 1 to {max_prompts} prompts per structure (profile; shape; colour), got "
+                         f"{len(parts)} in {line!r}")
+    if len(parts) == 1:
+        entry = match_prompt(parts[0]).entry
+        if entry is not None:
+            parts += [p for p in entry.prompts.values() if p and p != parts[0]]
+    return parts[:max_prompts]
+
+
+def structure_text(line: str) -> str:
+    """The part of a prompt line that names the structure: the text before the first ``;``."""
+    return line.split(";", 1)[0].strip()
+
+
+def describe_line(line: str, tpp: bool = False) -> str:
+    """The panel's echo of one prompt line: the structure it was understood as (from the text before any ``;``)
+    and, for a TPP model, the prompts it will read; a line with ``;`` for another model is read as one text."""
+    text = describe(match_prompt(structure_text(line)))
+    if tpp:
+        try:
+            parts = prompt_set(line)
+        except ValueError as exc:
+            return f"{text}; {exc}"
+        typed = len([p for p in line.split(";") if p.strip()])
+        how = "name + library descriptions" if typed == 1 and len(parts) > 1 else "as typed"
+        return f"{text}; TPP reads {len(parts)} prompt(s) ({how}): " + " | ".join(parts)
+    if ";" in line:
+        return f"{text}; ';' separates TPP prompts: this model reads the whole line as one text"
+    return text

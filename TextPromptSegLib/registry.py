@@ -121,6 +121,26 @@ def _pinned(target: Path) -> Optional[str]:
     return pin.read_text(encoding="utf-8").strip() if pin.is_file() else None
 
 
+def _folder_format(folder: Path) -> Optional[str]:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError):
+        return None
+
+
+def model_kind(name_or_path: Optional[str], path: Optional[Path] = None) -> Optional[str]:
+    """The kind of a registered model or a checkpoint path ("tgsam2", "tpp", "sam2-official"), without loading
+    it (no torch); None when the name is neither registered nor an existing path."""
+    name_or_path = name_or_path or default_model_name(path)
+    candidate = Path(name_or_path)
+    if candidate.exists():  # a path wins over a registered name, as in ``resolve``
+        if candidate.suffix == ".pt":
+            return "sam2-official"
+        return "tpp" if _folder_format(candidate) == "textpromptseg-tpp" else "tgsam2"
+    entry = entries(path).get(name_or_path)
+    return entry.kind if entry else None
+
+
 def resolve(name_or_path: Optional[str], download_missing: bool = False,
             progress: Optional[Callable[[int, Optional[int]], None]] = None,
             path: Optional[Path] = None) -> tuple[str, Path, Optional[str]]:
@@ -128,10 +148,7 @@ def resolve(name_or_path: Optional[str], download_missing: bool = False,
     name_or_path = name_or_path or default_model_name(path)
     candidate = Path(name_or_path)
     if candidate.exists():
-        from .modeling.tpp import is_tpp_checkpoint
-
-        kind = "sam2-official" if candidate.suffix == ".pt" else "tpp" if is_tpp_checkpoint(candidate) else "tgsam2"
-        return kind, candidate, None
+        return model_kind(name_or_path, path), candidate, None
     known = entries(path)
     if name_or_path not in known:
         raise RegistryError(f"unknown model {name_or_path!r}; known: {', '.join(known)} (or give a path)")

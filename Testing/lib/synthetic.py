@@ -1,6 +1,7 @@
 """Synthetic 2D+t sequences for model tests: a bright disc and a dark square moving slowly on noise.
 
-Arrays are (B, T, 3, S, S) images in [0, 1] and (B, T, S, S) boolean masks.
+Arrays are (B, T, 3, S, S) images in [0, 1] and (B, T, S, S) boolean masks. ``train`` and ``predict`` take a
+TGSAM-2 or a TPP model.
 """
 
 from __future__ import annotations
@@ -61,12 +62,29 @@ def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(((2 * inter + 1e-6) / (pred.sum(1) + target.sum(1) + 1e-6)).mean())
 
 
+def _is_tpp(model) -> bool:
+    from TextPromptSegLib.modeling.tpp import TPP
+
+    return isinstance(model, TPP)
+
+
 def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-3, fade_after: int | None = None,
-          both_objects: bool = True, fade_contrast: float = 0.04) -> list[float]:
-    """Train all but the frozen text encoder on text-only prompts; returns the loss curve."""
+          both_objects: bool = True, fade_contrast: float = 0.04, final_lr: float | None = None) -> list[float]:
+    """Train all but the frozen text encoder on text-only prompts; returns the loss curve. ``final_lr``: the lr
+    follows a cosine from ``lr`` down to it (default: constant).
+
+    TGSAM-2: Dice + BCE on the masks and BCE on the object score. TPP: the training pipeline's objective
+    (``tpp_loss``, best-query matching); half of its sequences get both prompt variants of the object (Np = 2,
+    ``;``-separated), the others one."""
+    from TextPromptSegLib.training.trainer import clip_objective
+
+    tpp_objective = clip_objective(model) if _is_tpp(model) else None
     size = model.image_size
     params = [p for n, p in model.named_parameters() if not n.startswith("text_encoder.")]
     opt = torch.optim.Adam(params, lr=lr)
+    schedule = None
+    if final_lr is not None:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps - 1), eta_min=final_lr)
     model.train()
     losses = []
     gen = torch.Generator().manual_seed(seed)
@@ -75,6 +93,18 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
         names = ["disc" if not both_objects or torch.rand((), generator=gen) < 0.5 else "square" for _ in range(batch)]
         prompts = [PROMPTS[k][int(torch.randint(2, (), generator=gen))] for k in names]
         target = torch.stack([discs[i] if k == "disc" else squares[i] for i, k in enumerate(names)])
+        if tpp_objective is not None:
+            both = [torch.rand((), generator=gen) < 0.5 for _ in range(batch)]
+            prompts = ["; ".join(PROMPTS[k][::-1] if torch.rand((), generator=gen) < 0.5 else PROMPTS[k]) if b else p
+                       for k, p, b in zip(names, prompts, both)]
+            loss = tpp_objective(images, target, prompts)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if schedule is not None:
+                schedule.step()
+            losses.append(loss.item())
+            continue
         out = model.forward_sequence(images, model.encode_text(prompts))
         logits = out["mask_logits"][:, :, 0]
         loss = dice_bce_loss(logits.flatten(0, 1), target.flatten(0, 1))
@@ -83,6 +113,8 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
         losses.append(loss.item())
     model.eval()
     return losses
@@ -90,7 +122,14 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
 
 @torch.inference_mode()
 def predict(model, images: torch.Tensor, prompt: str, use_memory: bool = True) -> torch.Tensor:
-    """Boolean masks (n, T, S, S) for one prompt over a batch of sequences."""
+    """Boolean masks (n, T, S, S) for one prompt over a batch of sequences. A TPP runs through the engine's TPP
+    session from the first frame forwards (best query by class score; a frame it scores <= 0 stays empty)."""
+    if _is_tpp(model):
+        from TextPromptSegLib.engine.tpp_engine import TPPPropagator
+
+        propagator = TPPPropagator(model, "cpu")
+        return torch.stack([propagator.start_session(seq).propagate(prompt, start_index=0, direction="forward")
+                            .masks() for seq in images])
     text = model.encode_text([prompt] * images.shape[0])
     out = model.forward_sequence(images, text, use_memory=use_memory)
     return out["mask_logits"][:, :, 0] > 0

@@ -49,3 +49,17 @@ def test_prompts_module_imports_no_torch():
     code = "import sys, TextPromptSegLib.prompts as p; p.load_library(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_tpp_prompt_lines_and_their_echo():
+    from TextPromptSegLib.prompts import describe_line, prompt_set, structure_text
+
+    line = "the left atrium; a rounded sac; a bright blood pool"
+    assert prompt_set(line) == ["the left atrium", "a rounded sac", "a bright blood pool"]
+    assert structure_text(line) == "the left atrium"
+    library = prompt_set("the left atrium")  # the name, then the library's profile and shape descriptions
+    assert len(library) == 3 and library[0] == "the left atrium"
+    assert library[1].startswith("the left atrium, the chamber")
+    assert describe_line(line, tpp=True).startswith("Left atrium (name); TPP reads 3 prompt(s) (as typed)")
+    assert describe_line("the left atrium", tpp=False) == "Left atrium (name)"
+    assert "1 to 3 prompts" in describe_line("a; b; c; d", tpp=True)

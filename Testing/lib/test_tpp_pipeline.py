@@ -46,6 +46,8 @@ def test_tpp_prompts_expand_a_library_structure():
     expanded = tpp_prompts("spleen")
     assert expanded[0] == "spleen" and 2 <= len(expanded) <= 3
     assert tpp_prompts("a strange thing nobody catalogued") == ["a strange thing nobody catalogued"]
+    with pytest.raises(ValueError, match="1 to 3 prompts"):
+        tpp_prompts("a; b; c; d")
 
 
 def test_tpp_checkpoint_round_trip(tpp_checkpoint):
@@ -83,3 +85,26 @@ def test_pipeline_conditions_sam2_on_the_tpp_mask(la_volume, tpp_checkpoint, tin
     assert propagation.start_index == 5 and start_mask.float().mean() > 0.5
     np.testing.assert_array_equal(propagation.masks()[5].numpy(), start_mask.numpy())
     assert len(propagation.order) == 12  # then propagated through every slice
+
+
+def test_the_located_slice_runs_once(la_volume, tpp_checkpoint, tiny_model):
+    """The coarse pass's first-image output on the start slice is reused: by the TPP propagation in both directions
+    and by the TPP -> SAM-2 pipeline's first mask (no slice is run twice as a first image)."""
+    tpp = build_tpp(tpp_checkpoint)
+    first_images: list[int] = []
+    real_step = tpp.step
+
+    def counting_step(image, words, words_mask, state=None, levels=None):
+        if state is None:
+            first_images.append(1)
+        return real_step(image, words, words_mask, state, levels)
+
+    tpp.step = counting_step
+    volume = read_volume(la_volume)
+    alone = segment_volume(volume, [SegmentRequest("the left atrium")], propagator=make_propagator(tpp, "cpu"))
+    assert len(alone.segments[0].propagation.order) == 12
+    assert len(first_images) == 12  # 12 slices: each is a coarse-pass candidate once; the start slice is not rerun
+    first_images.clear()
+    segment_volume(volume, [SegmentRequest("the left atrium")],
+                   propagator=make_propagator(tiny_model, "cpu", first_mask_model=tpp))
+    assert len(first_images) == 12

@@ -7,19 +7,8 @@ import pytest
 import torch
 
 from TextPromptSegLib.modeling.testing import build_tiny_model
-from TextPromptSegLib.training.data import ClipSampler, default_splits, la2018_cases
+from TextPromptSegLib.training.data import ClipSampler
 from TextPromptSegLib.training.trainer import TrainConfig, Trainer
-
-
-@pytest.fixture(scope="module")
-def la_cases(shared_data):
-    ids = default_splits(shared_data)["la2018"]["train"][:2]
-    cases = la2018_cases(shared_data, 128, ids)
-    for case in cases:  # keep the slices around the atrium: faster and still real
-        keep = case.masks.flatten(1).any(1).nonzero().flatten()
-        lo, hi = int(keep.min()), int(keep.max()) + 1
-        case.frames, case.masks = case.frames[lo:hi], case.masks[lo:hi]
-    return cases
 
 
 def _trainer(model, cases, out, steps):

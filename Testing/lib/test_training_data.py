@@ -104,3 +104,40 @@ def test_time_budget_stops_training_and_fits_the_schedule(tmp_path, tiny_text_en
     assert trainer.scheduler.step_size == 8  # the first halving after the fit is at step 32
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(1e-3 / 2)
     assert (tmp_path / "last" / "model.safetensors").is_file()
+
+
+def test_time_budget_halves_the_lr_at_most_three_times(tmp_path, tiny_text_encoder_dir, monkeypatch):
+    """On a shared machine the rate measured after warm-up can be far too low (here 0.33 step/s, then 10 steps/s):
+    the fitted schedule then halves every 7 steps, but never more than 3 times within the budget."""
+    from TextPromptSegLib.modeling.testing import build_tiny_model
+    from TextPromptSegLib.training import trainer as trainer_module
+    from TextPromptSegLib.training.data import Case
+    from TextPromptSegLib.training.trainer import TrainConfig, Trainer
+
+    reads = iter(range(10_000))
+
+    def clock() -> float:  # one read before the loop, then one per step
+        n = next(reads)
+        return 0.1 * min(n, 20) + 3.0 * min(max(n - 20, 0), 10) + 0.1 * max(n - 30, 0)
+
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    masks = torch.zeros(4, 64, 64, dtype=torch.bool)
+    masks[:, 20:40, 20:40] = True
+    case = Case("x", "left atrium", masks[:, None].expand(-1, 3, -1, -1).half(), masks, ["the left atrium"])
+    config = TrainConfig(steps=10_000, batch_size=1, clip_length=2, lr=1e-3, decay_every=10_000, max_minutes=0.6,
+                         checkpoint_every=10_000)
+    trainer = Trainer(build_tiny_model(tiny_text_encoder_dir, image_size=64), ClipSampler([case], 2), config,
+                      tmp_path)
+    lrs = []
+    real_step = trainer.train_step
+
+    def step_and_record():
+        loss = real_step()
+        lrs.append(trainer.scheduler.get_last_lr()[0])
+        return loss
+
+    trainer.train_step = step_and_record
+    trainer.fit(log_every=1000)
+    assert trainer.step > 60  # ran on well past the fitted 31 steps
+    assert min(lrs) == pytest.approx(1e-3 / 8) and lrs[-1] == pytest.approx(1e-3 / 8)
+    assert sorted(set(lrs), reverse=True) == pytest.approx([1e-3, 1e-3 / 2, 1e-3 / 4, 1e-3 / 8])

@@ -248,7 +248,7 @@ class TextPromptSegLogic:
             raise ValueError("Select a scalar volume as input.")
         volume = volume_from_node(volume_node)
         entries = [_library_entry(p) for p in prompts]
-        requests = [SegmentRequest(p, name=e.name if e else p, color=e.color if e else None)
+        requests = [SegmentRequest(p, name=e.name if e else _structure_text(p), color=e.color if e else None)
                     for p, e in zip(prompts, entries)]
         job = SegmentationJob(cancel=CancelToken())
 
@@ -313,7 +313,7 @@ class TextPromptSegLogic:
             segment.SetName(seg.name)
             segment.SetColor(*seg.color)
             segment.SetTag(PROMPT_TAG, seg.prompt)
-            match = match_prompt(seg.prompt)
+            match = match_prompt(_structure_text(seg.prompt))
             if match.entry is not None:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), match.entry.terminology_tag)
             image = mask_to_oriented_image(seg.mask, volume_node)
@@ -349,6 +349,20 @@ class TextPromptSegLogic:
         return True
 
     @staticmethod
+    def describe_prompts(text: str, model: Optional[str] = None) -> list[str]:
+        """The panel's echo, one line per prompt line: the structure it was understood as and, for a TPP model,
+        the 1 to 3 prompts TPP reads (``;`` separates a line's profile / shape / colour prompts)."""
+        from TextPromptSegLib.prompts import describe_line
+        from TextPromptSegLib.registry import RegistryError, model_kind
+
+        try:
+            tpp = model_kind(model or None) == "tpp"
+        except (RegistryError, OSError, ValueError, KeyError):
+            tpp = False
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return [f"{line}  \u2192  {describe_line(line, tpp)}" for line in lines]
+
+    @staticmethod
     def slicing_axis(volume_node, axis: Optional[str] = None) -> int:
         """The IJK axis (0 = i, 1 = j, 2 = k) that slices are taken along: ``axis`` ("axial", "coronal",
         "sagittal") resolved through the direction matrix, or the acquisition axis. Its numpy (z, y, x) axis is
@@ -371,8 +385,15 @@ class TextPromptSegLogic:
         return min(max(index, 0), volume_node.GetImageData().GetDimensions()[slice_axis] - 1)
 
 
+def _structure_text(prompt: str) -> str:
+    """The text of a prompt line that names the structure (before any ``;`` of TPP's extra prompts)."""
+    from TextPromptSegLib.prompts import structure_text
+
+    return structure_text(prompt)
+
+
 def _library_entry(prompt: str):
-    """The prompt-library entry a prompt refers to (name, colour, terminology), or None for free text."""
+    """The prompt-library entry a prompt line refers to (name, colour, terminology), or None for free text."""
     from TextPromptSegLib.prompts import match_prompt
 
-    return match_prompt(prompt).entry
+    return match_prompt(_structure_text(prompt)).entry

@@ -38,17 +38,10 @@ def make_propagator(model, device=None, encode_batch_size: int = 8, first_mask_m
 
 def tpp_prompts(text: str, max_prompts: int = 3) -> list[str]:
     """1 to 3 prompts for one structure: ``;``-separated in the text, else the text plus the prompt library's
-    profile / shape / colour descriptions of the structure it names."""
-    from ..prompts import match_prompt
+    profile / shape / colour descriptions of the structure it names (``prompts.prompt_set``)."""
+    from ..prompts import prompt_set
 
-    parts = [p.strip() for p in text.split(";") if p.strip()]
-    if not parts:
-        raise ValueError("a text prompt must not be empty")
-    if len(parts) == 1:
-        entry = match_prompt(parts[0]).entry
-        if entry is not None:
-            parts += [p for p in entry.prompts.values() if p and p != parts[0]]
-    return parts[:max_prompts]
+    return prompt_set(text, max_prompts)
 
 
 class TPPPropagator:
@@ -66,6 +59,8 @@ class TPPSession:
 
         self.propagator, self.model = propagator, propagator.model
         self.frames = frames if isinstance(frames, FrameSource) else FrameSource(frames)
+        self._first: dict[int, dict] = {}  # first-image outputs of ``_first_prompt`` by slice (locate, start slice)
+        self._first_prompt: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -75,6 +70,16 @@ class TPPSession:
 
     def _words(self, prompt: str):
         return self.model.encode_prompts(tpp_prompts(prompt))
+
+    def _first_step(self, prompt: str, index: int, words, mask) -> dict:
+        """TPP on slice ``index`` as the first image of a sequence (Nq queries, prompt selection), computed once per
+        prompt and slice: the coarse pass, the start slice of both directions and the TPP -> SAM-2 first mask share
+        it. Call inside inference mode."""
+        if prompt != self._first_prompt:
+            self._first, self._first_prompt = {}, prompt
+        if index not in self._first:
+            self._first[index] = self.model.step(self._image(index), words, mask)
+        return self._first[index]
 
     def locate(self, prompt: str, cancel: Optional[CancelToken] = None, progress: Optional[ProgressCallback] = None,
                frame_range: Optional[tuple[int, int]] = None) -> tuple[int, np.ndarray]:
@@ -86,16 +91,17 @@ class TPPSession:
             for index in candidates:
                 if cancel:
                     cancel.raise_if_cancelled()
-                out = self.model.step(self._image(index), words, mask)
+                out = self._first_step(prompt, index, words, mask)
                 scores[index] = float(out["logits"].max())
                 tracker.step(index)
         return int(np.nanargmax(scores)), scores
 
     def first_mask(self, prompt: str, index: int) -> tuple[torch.Tensor, float]:
-        """TPP on one slice as a first image: the best query's mask logits (S/4, S/4) and class logit."""
-        words, mask = self._words(prompt)
+        """TPP on one slice as a first image: the best query's mask logits (S/4, S/4) and class logit (reused from
+        ``locate`` when it ran on that slice)."""
         with torch.inference_mode(), autocast(self.propagator.device):
-            out = self.model.step(self._image(index), words, mask)
+            out = self._first_step(prompt, index, *self._words(prompt))
+        self._first = {}
         return out["masks"][out["best"]].float().cpu(), float(out["logits"][out["best"]])
 
     def propagate(self, prompt: Optional[str], start_index: Optional[int] = None, direction: str = "both",
@@ -129,7 +135,8 @@ class TPPSession:
                 for index in run:
                     if cancel:
                         cancel.raise_if_cancelled()
-                    out = self.model.step(self._image(index), words, wmask, state)
+                    out = (self._first_step(prompt, index, words, wmask) if state is None
+                           else self.model.step(self._image(index), words, wmask, state))
                     state = out["state"]
                     best = out["best"]
                     score = float(out["logits"][best])
@@ -143,6 +150,7 @@ class TPPSession:
                     empty = 0 if present else empty + 1
                     if max_empty_run and empty >= max_empty_run:
                         break
+        self._first = {}  # the cached first-image outputs hold feature maps: free them with the result
         return PropagationResult(logits, scores, order, start_index, self.model.image_size)
 
 

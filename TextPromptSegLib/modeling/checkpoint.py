@@ -57,7 +57,8 @@ def _stored_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(model: torch.nn.Module, folder: Union[str, Path], half: bool = False,
                     metadata: Optional[dict] = None) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/config.json``; ``half`` stores float tensors as fp16."""
+    """Write ``folder/model.safetensors`` and ``folder/config.json``; ``half`` stores float tensors as fp16. The
+    config's ``format`` is the model's ``checkpoint_format`` (TPP) or the TGSAM-2 format."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -67,9 +68,10 @@ def save_checkpoint(model: torch.nn.Module, folder: Union[str, Path], half: bool
         value = value.detach().cpu().contiguous()
         state[key] = value.half() if half and value.is_floating_point() else value
     tmp = folder / (WEIGHTS + ".part")
-    save_file(state, str(tmp), metadata={"format": FORMAT})
+    save_file(state, str(tmp), metadata={"format": getattr(model, "checkpoint_format", FORMAT)})
     tmp.replace(folder / WEIGHTS)
-    info = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config.to_dict(), "metadata": metadata or {}}
+    info = {"format": getattr(model, "checkpoint_format", FORMAT), "version": FORMAT_VERSION,
+            "config": model.config.to_dict(), "metadata": metadata or {}}
     (folder / CONFIG).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 

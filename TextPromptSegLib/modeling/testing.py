@@ -42,3 +42,15 @@ def build_tiny_model(text_encoder_dir: Path, seed: int = 0, **config_overrides: 
     config.text = TextEncoderConfig(model_id_or_path=str(text_encoder_dir), max_length=16)
     torch.manual_seed(seed)
     return build_model(config, device="cpu")
+
+
+def build_tiny_tpp(text_encoder_dir: Path, seed: int = 0, **config_overrides: Any):
+    """A randomly initialised tiny TPP (``tpp_config("tiny")``, 128 px) with the tiny text encoder, on CPU in eval
+    mode."""
+    import torch
+
+    from .tpp import build_tpp, tpp_config
+
+    config = tpp_config("tiny", text={"model_id_or_path": str(text_encoder_dir), "max_length": 16}, **config_overrides)
+    torch.manual_seed(seed)
+    return build_tpp(config)

@@ -24,6 +24,7 @@ TPP_paper.txt, section 3), in plain PyTorch.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -66,11 +67,14 @@ class TPPConfig:
 def tpp_config(name: str = "resnet50", **overrides: Any) -> TPPConfig:
     if name == "resnet50":
         cfg = TPPConfig()
+    elif name == "small":  # the bundled CPU-trained model: 3.4 M parameters, 6.7 MB in fp16
+        cfg = TPPConfig(name="small", image_size=256, depths=(2, 2, 2, 2), base_width=16, hidden=128, heads=4,
+                        encoder_layers=3, decoder_layers=3, ffn=512, points=4)
     elif name == "tiny":
         cfg = TPPConfig(name="tiny", image_size=128, depths=(1, 1, 1, 1), base_width=8, hidden=32, heads=2,
                         encoder_layers=1, decoder_layers=1, ffn=64, points=2)
     else:
-        raise ValueError(f"unknown TPP config {name!r}; choose resnet50 or tiny")
+        raise ValueError(f"unknown TPP config {name!r}; choose resnet50, small or tiny")
     for key, value in overrides.items():
         if not hasattr(cfg, key):
             raise ValueError(f"unknown TPPConfig field {key!r}")
@@ -179,6 +183,21 @@ def _sine_pos(h: int, w: int, dim: int, device) -> torch.Tensor:
     return torch.cat(parts, -1)
 
 
+@functools.lru_cache(maxsize=16)
+def _grid_encodings_cached(shapes: tuple[tuple[int, int], ...], dim: int, device: str, inference: bool):
+    sine = torch.cat([_sine_pos(h, w, dim, device) for h, w in shapes], 0)[None]
+    ref = torch.cat([torch.stack(torch.meshgrid((torch.arange(h, device=device) + 0.5) / h,
+                                                (torch.arange(w, device=device) + 0.5) / w,
+                                                indexing="ij")[::-1], -1).view(-1, 2) for h, w in shapes])[None]
+    return sine, ref
+
+
+def _grid_encodings(shapes: tuple[tuple[int, int], ...], dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sine position encodings (1, sum HW, dim) and reference points (1, sum HW, 2) of the encoder's levels
+    (constants, cached per shape and device)."""
+    return _grid_encodings_cached(shapes, dim, str(device), torch.is_inference_mode_enabled())
+
+
 def _ffn(dims: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(dims) - 1):
@@ -232,7 +251,12 @@ class TPPState:
     words_mask: torch.Tensor
 
 
+TPP_FORMAT = "textpromptseg-tpp"
+
+
 class TPP(nn.Module):
+    checkpoint_format = TPP_FORMAT  # written to config.json by ``save_checkpoint``
+
     def __init__(self, config: TPPConfig, text_encoder: nn.Module, text_dim: int) -> None:
         super().__init__()
         cfg = self.config = config
@@ -295,14 +319,21 @@ class TPP(nn.Module):
         return fused, weights, int(weights[0].argmax())
 
     # -- one image -------------------------------------------------------------------------------------------------
-    def step(self, image: torch.Tensor, words: torch.Tensor, words_mask: torch.Tensor,
-             state: Optional[TPPState] = None) -> dict[str, Any]:
-        """image (1, 3, S, S) in [0, 1]. The first image (state None) selects the prompt and runs Nq queries; later
-        images run the one propagated query. Returns boxes (Q, 4) cxcywh in [0, 1], mask logits (Q, S/4, S/4),
-        class logits (Q,), the best index, the next state, the relevance weights and the selected prompt."""
+    def visual_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, 3, S, S) in [0, 1] -> the 4 projected levels (B, C, S/4..S/32, ...) (Eq. 2). Text-free, so a
+        clip's images can be encoded in one batch and handed to ``step`` one by one."""
+        feats = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        return [proj(f) for proj, f in zip(self.input_proj, feats)]
+
+    def step(self, image: Optional[torch.Tensor], words: torch.Tensor, words_mask: torch.Tensor,
+             state: Optional[TPPState] = None, levels: Optional[list[torch.Tensor]] = None) -> dict[str, Any]:
+        """image (1, 3, S, S) in [0, 1] (or its ``visual_levels``, batch 1). The first image (state None) selects
+        the prompt and runs Nq queries; later images run the one propagated query. Returns boxes (Q, 4) cxcywh in
+        [0, 1], mask logits (Q, S/4, S/4), class logits (Q,), the best index, the next state, the relevance weights
+        and the selected prompt."""
         cfg = self.config
-        feats = self.backbone((image - self.pixel_mean) / self.pixel_std)
-        levels = [proj(f) for proj, f in zip(self.input_proj, feats)]
+        levels = levels if levels is not None else self.visual_levels(image)
+        device = levels[0].device
         if state is None:
             fused, weights, selected = self.referring(levels, words, words_mask)
             sel_words, sel_mask = words[selected:selected + 1], words_mask[selected:selected + 1]
@@ -313,11 +344,8 @@ class TPP(nn.Module):
         # deformable encoder over levels 2-4
         shapes = [tuple(f.shape[-2:]) for f in fused[1:]]
         src = torch.cat([f.flatten(2).transpose(1, 2) for f in fused[1:]], 1)
-        pos = torch.cat([_sine_pos(h, w, cfg.hidden, image.device) + self.level_embed[i]
-                         for i, (h, w) in enumerate(shapes)], 0)[None]
-        ref = torch.cat([torch.stack(torch.meshgrid((torch.arange(h, device=image.device) + 0.5) / h,
-                                                    (torch.arange(w, device=image.device) + 0.5) / w,
-                                                    indexing="ij")[::-1], -1).view(-1, 2) for h, w in shapes])[None]
+        sine, ref = _grid_encodings(tuple(shapes), cfg.hidden, device)
+        pos = sine + torch.cat([self.level_embed[i].expand(h * w, -1) for i, (h, w) in enumerate(shapes)])[None]
         memory = src
         for layer in self.encoder:
             memory = layer(memory, pos, ref, shapes)
@@ -364,40 +392,41 @@ class TPP(nn.Module):
                 "weights": weights, "selected": selected}
 
     def _dynamic_masks(self, feat: torch.Tensor, q: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """feat (k, H, W); q (Q, C); boxes (Q, 4) -> mask logits (Q, H, W)."""
+        """feat (k, H, W); q (Q, C); boxes (Q, 4) -> mask logits (Q, H, W): per query, three 1x1 convolutions whose
+        weights the controller generates, over the features and the coordinates relative to the query's box
+        centre."""
         k, h, w = feat.shape
-        ys = (torch.arange(h, device=feat.device) + 0.5) / h
-        xs = (torch.arange(w, device=feat.device) + 0.5) / w
+        n = q.shape[0]
+        ys = (torch.arange(h, device=feat.device, dtype=feat.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=feat.device, dtype=feat.dtype) + 0.5) / w
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack([gx, gy]).flatten(1)  # (2, HW)
+        rel = grid[None] - boxes[:, :2, None].to(feat.dtype)  # (Q, 2, HW)
+        x = torch.cat([feat.flatten(1)[None].expand(n, -1, -1), rel], 1)  # (Q, k + 2, HW)
         params = self.controller(q)
-        out = []
-        for i in range(q.shape[0]):
-            rel = torch.stack([gx - boxes[i, 0], gy - boxes[i, 1]])  # relative coordinates to the box centre
-            x = torch.cat([feat, rel.to(feat.dtype)]).flatten(1)  # (k + 2, HW)
-            offset = 0
-            for layer, (cin, cout) in enumerate(self.dyn_shapes):
-                weight = params[i, offset: offset + cin * cout].view(cout, cin)
-                offset += cin * cout
-                bias = params[i, offset: offset + cout]
-                offset += cout
-                x = weight @ x + bias[:, None]
-                if layer < len(self.dyn_shapes) - 1:
-                    x = F.relu(x)
-            out.append(x.view(h, w))
-        return torch.stack(out)
+        offset = 0
+        for layer, (cin, cout) in enumerate(self.dyn_shapes):
+            weight = params[:, offset: offset + cin * cout].view(n, cout, cin)
+            offset += cin * cout
+            bias = params[:, offset: offset + cout]
+            offset += cout
+            x = torch.baddbmm(bias[:, :, None], weight, x)
+            if layer < len(self.dyn_shapes) - 1:
+                x = F.relu(x)
+        return x.view(n, h, w)
 
-    def forward_sequence(self, images: torch.Tensor, prompts: list[str]) -> list[dict[str, Any]]:
-        """images (T, 3, S, S) in [0, 1] with the Np prompts of one structure -> one output dict per image."""
+    def forward_sequence(self, images: torch.Tensor, prompts: list[str],
+                         levels: Optional[list[torch.Tensor]] = None) -> list[dict[str, Any]]:
+        """images (T, 3, S, S) in [0, 1] (or their ``visual_levels``, batch T) with the Np prompts of one structure
+        -> one output dict per image. The images are encoded in one batch; the rest runs image by image."""
         words, mask = self.encode_prompts(prompts)
+        levels = levels if levels is not None else self.visual_levels(images)
         state, outputs = None, []
-        for t in range(images.shape[0]):
-            out = self.step(images[t:t + 1], words, mask, state)
+        for t in range(levels[0].shape[0]):
+            out = self.step(None, words, mask, state, levels=[f[t:t + 1] for f in levels])
             state = out["state"]
             outputs.append(out)
         return outputs
-
-
-TPP_FORMAT = "textpromptseg-tpp"
 
 
 def build_tpp(config: TPPConfig | str = "tiny", text_encoder: Optional[nn.Module] = None, device: str = "cpu",
@@ -415,17 +444,10 @@ def build_tpp(config: TPPConfig | str = "tiny", text_encoder: Optional[nn.Module
     if text_encoder is None:
         text_encoder = TextEncoder(TextEncoderConfig(**cfg.text))
     model = TPP(cfg, text_encoder, text_encoder.hidden_size)
-    if checkpoint is not None:
-        from safetensors.torch import load_file
+    if checkpoint is not None:  # strict: one CheckpointError names every missing, unexpected or mismatched key
+        from .checkpoint import load_checkpoint
 
-        state = load_file(str(Path(checkpoint) / "model.safetensors"))
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        expected = {k for k in model.state_dict() if not k.startswith("text_encoder.")}
-        if set(state) != expected:
-            from .checkpoint import CheckpointError
-
-            raise CheckpointError(f"{checkpoint}: TPP weights do not match the config "
-                                  f"({len(expected ^ set(state))} keys differ)")
+        load_checkpoint(model, checkpoint)
     return model.to(device).eval()
 
 
@@ -441,19 +463,12 @@ def read_tpp_config(folder) -> TPPConfig:
     return TPPConfig.from_dict(data["config"])
 
 
-def save_tpp(model: TPP, folder, half: bool = False) -> None:
-    import json
-    from pathlib import Path
+def save_tpp(model: TPP, folder, half: bool = False, metadata: Optional[dict] = None):
+    """``folder/model.safetensors`` (without the frozen text encoder) + ``config.json`` (format
+    ``textpromptseg-tpp``); ``half`` stores float tensors as fp16. Returns the folder."""
+    from .checkpoint import save_checkpoint
 
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
-             for k, v in model.state_dict().items() if not k.startswith("text_encoder.")}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"format": TPP_FORMAT, "version": 1,
-                                                    "config": model.config.to_dict()}, indent=2), encoding="utf-8")
+    return save_checkpoint(model, folder, half=half, metadata=metadata)
 
 
 def is_tpp_checkpoint(folder) -> bool:
@@ -510,20 +525,21 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, 
 def tpp_loss(outputs: list[dict[str, Any]], masks: torch.Tensor, weights: Optional[dict[str, float]] = None):
     """Eqs. 13-15 over one sequence: ``outputs`` of ``forward_sequence``, ``masks`` (T, S, S) bool. Per image, the
     query with the lowest matching cost is trained on box (L1 5, GIoU 2), mask (Dice 5, focal 2) and class (focal 2,
-    target 1); the other queries' class target is 0; images without the object train every class target to 0."""
+    target 1); the other queries' class target is 0; images without the object train every class target to 0.
+    The S/4 mask logits are upsampled bilinearly to the target's S x S first (as inference does, and as
+    ReferFormer's loss does), so the loss sees the boundary the user gets."""
     w = {"l1": 5.0, "giou": 2.0, "dice": 5.0, "mask_focal": 2.0, "cls": 2.0, **(weights or {})}
     total = masks.new_zeros((), dtype=torch.float32)
     for out, target in zip(outputs, masks):
-        pred_masks = out["masks"].float()
-        small = F.interpolate(target[None, None].float(), size=pred_masks.shape[-2:], mode="area")[0, 0] > 0.5
-        present = bool(small.any())
-        n = pred_masks.shape[0]
-        if not present:
+        n = out["masks"].shape[0]
+        if not bool(target.any()):
             total = total + w["cls"] * focal_loss(out["logits"].float(), torch.zeros(n, device=masks.device))
             continue
-        box = mask_to_box(small)[None].expand(n, -1)
+        pred_masks = F.interpolate(out["masks"].float()[:, None], size=target.shape[-2:], mode="bilinear",
+                                   align_corners=False)[:, 0]
+        box = mask_to_box(target)[None].expand(n, -1)
         prob = pred_masks.flatten(1).sigmoid()
-        flat = small.flatten()[None].float().expand(n, -1)
+        flat = target.flatten()[None].float().expand(n, -1)
         dice = 1 - (2 * (prob * flat).sum(1) + 1) / (prob.sum(1) + flat.sum(1) + 1)
         cost = (w["l1"] * (out["boxes"].float() - box).abs().sum(1) + w["giou"] * giou_loss(out["boxes"].float(), box)
                 + w["dice"] * dice + w["mask_focal"] * focal_loss(pred_masks.flatten(1), flat)

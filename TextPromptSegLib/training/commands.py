@@ -102,37 +102,70 @@ def _init_distributed(device: str | None) -> tuple[int, str | None]:
     return dist.get_rank(), device or "cpu"
 
 
+def build_training_model(spec: dict, base: Path, device: str | None):
+    """The model a training config names, and its input size. ``"model"`` is a TGSAM-2 preset name (``"small"``,
+    ``"medium"``, ...) or ``{"type": "tgsam2" | "tpp", "preset": NAME, ...}`` where the other keys override fields
+    of the preset (TPP: ``TPPConfig`` fields, e.g. ``"encoder_layers"`` or ``"text"``); ``"image_size"`` overrides
+    the input size, ``"init"`` (relative to the config) starts from a checkpoint's weights, ``"text_features"``
+    uses cached text features instead of the text encoder."""
+    from ..modeling.build import build_model
+    from ..modeling.config import get_config
+
+    model_spec = spec.get("model", "small")
+    if isinstance(model_spec, str):
+        model_spec = {"type": "tgsam2", "preset": model_spec}
+    kind = model_spec.get("type", "tgsam2")
+    overrides = {k: v for k, v in model_spec.items() if k not in ("type", "preset")}
+    text_encoder = None
+    if spec.get("text_features"):
+        from ..modeling.text_encoder import CachedTextEncoder
+
+        text_encoder = CachedTextEncoder.load(base / spec["text_features"])
+    init = base / spec["init"] if spec.get("init") else None  # start from these weights
+    if kind == "tpp":
+        from ..modeling.tpp import build_tpp, tpp_config
+
+        if spec.get("image_size"):
+            overrides["image_size"] = int(spec["image_size"])
+        cfg = tpp_config(model_spec.get("preset", "small"), **overrides)
+        model = build_tpp(cfg, text_encoder=text_encoder, device=device or "cpu", checkpoint=init)
+        return model, cfg.image_size
+    if kind != "tgsam2":
+        raise ValueError(f"unknown model type {kind!r} in the training config; use 'tgsam2' or 'tpp'")
+    if overrides:
+        raise ValueError(f"a TGSAM-2 model entry takes only 'type' and 'preset', not {sorted(overrides)}")
+    model_cfg = get_config(model_spec.get("preset", "small"), image_size=spec.get("image_size"))
+    model = build_model(model_cfg, checkpoint=init, device=device or "cpu", text_encoder=text_encoder)
+    return model, model_cfg.image_size
+
+
 def cmd_train(args) -> int:
     import torch
 
     rank, args.device = _init_distributed(args.device)
-    from ..modeling.build import build_model
-    from ..modeling.config import get_config
+    from ..modeling.tpp import TPP
     from .data import ClipSampler
     from .trainer import TrainConfig, Trainer
 
     config_path = Path(args.config)
     spec = json.loads(config_path.read_text(encoding="utf-8"))
     root = Path(spec.get("data", args.data))
-    model_cfg = get_config(spec.get("model", "small"), image_size=spec.get("image_size"))
-    text_encoder = None
-    if spec.get("text_features"):
-        from ..modeling.text_encoder import CachedTextEncoder
-
-        text_encoder = CachedTextEncoder.load(config_path.parent / spec["text_features"])
-    init = config_path.parent / spec["init"] if spec.get("init") else None  # start from these weights
-    model = build_model(model_cfg, checkpoint=init, device=args.device or "cpu", text_encoder=text_encoder)
+    model, image_size = build_training_model(spec, config_path.parent, args.device)
     volumes = _training_volumes(spec, root, config_path.parent)
     device = next(model.parameters()).device
-    cases = [c for v in volumes for c in v.to_cases(model_cfg.image_size)]
+    cases = [c for v in volumes for c in v.to_cases(image_size)]
     if device.type == "cuda":  # clips are cut on the GPU
         shared: dict[int, torch.Tensor] = {}
         for c in cases:
             c.frames = shared.setdefault(id(c.frames), c.frames.to(device))
             c.masks = c.masks.to(device)
-    log.info("training on %d structure-volumes from %d volumes", len(cases), len(volumes))
-    config = TrainConfig(**spec.get("train", {}))
-    sampler = ClipSampler(cases, config.clip_length, seed=config.seed + rank, p_spatial=config.augment_spatial)
+    log.info("training %s on %d structure-volumes from %d volumes", type(model).__name__, len(cases), len(volumes))
+    train_spec = dict(spec.get("train", {}))
+    if isinstance(model, TPP):
+        train_spec.setdefault("prompts_per_clip", model.config.num_prompts)
+    config = TrainConfig(**train_spec)
+    sampler = ClipSampler(cases, config.clip_length, seed=config.seed + rank, p_spatial=config.augment_spatial,
+                          prompts_per_clip=config.prompts_per_clip)
     trainer = Trainer(model, sampler, config, Path(args.out))
     trainer.resume()
     trainer.fit(progress_bar=sys.stderr.isatty())
@@ -159,8 +192,10 @@ def cmd_pack(args) -> int:
     if args.text_features:
         from ..modeling.config import TextEncoderConfig
         from ..modeling.text_encoder import TextEncoder, export_text_features
+        from ..prompts import prompt_set
 
-        prompts = [p for variants in PROMPTS.values() for p in variants]
+        # every training variant, and the library descriptions TPP adds to a single structure prompt
+        prompts = [q for variants in PROMPTS.values() for p in variants for q in prompt_set(p, 4)]
         print(export_text_features(TextEncoder(TextEncoderConfig()), prompts, Path(args.text_features)))
     return 0
 
@@ -210,7 +245,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pk.add_argument("-o", "--out", required=True)
     pk.set_defaults(func=cmd_pack)
 
-    tr = sub.add_parser("train", help="train TGSAM-2 from a JSON config (resumes from OUT/last)")
+    tr = sub.add_parser("train", help="train TGSAM-2 or TPP from a JSON config (resumes from OUT/last)")
     tr.add_argument("config")
     tr.add_argument("--data", default="../shared/data")
     tr.add_argument("--out", default="runs/tgsam2")

@@ -209,13 +209,16 @@ class ClipSampler:
     """Random clips of ``length`` consecutive slices, starting on a slice with the object with probability
     ``p_object`` (the conditioning frame), random direction and flips, random prompt variant, and with probability
     ``p_spatial`` one random affine per clip (scale 0.8-1.2, rotation +-15 degrees, shift +-8 %). Cases may live on
-    the GPU; clips are cut where the cases are."""
+    the GPU; clips are cut where the cases are. With ``prompts_per_clip`` > 1 (TPP), half of the clips get 1 to
+    ``prompts_per_clip`` distinct variants joined by ``;`` (a structure's several prompts), the others one variant
+    (which TPP completes from the prompt library, as at inference)."""
 
     def __init__(self, cases: list[Case], length: int = 3, p_object: float = 0.9, seed: int = 0,
-                 p_spatial: float = 0.0) -> None:
+                 p_spatial: float = 0.0, prompts_per_clip: int = 1) -> None:
         if not cases:
             raise ValueError("no training cases")
         self.cases, self.length, self.p_object, self.p_spatial = cases, length, p_object, p_spatial
+        self.prompts_per_clip = prompts_per_clip
         self.rng = np.random.default_rng(seed)
         self._with_object = [np.flatnonzero(c.masks.flatten(1).any(1).cpu().numpy()) for c in cases]
 
@@ -238,6 +241,12 @@ class ClipSampler:
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
+    def _prompt(self, variants: list[str]) -> str:
+        if self.prompts_per_clip > 1 and len(variants) > 1 and self.rng.random() < 0.5:
+            k = int(self.rng.integers(1, min(self.prompts_per_clip, len(variants)) + 1))
+            return "; ".join(variants[int(i)] for i in self.rng.choice(len(variants), size=k, replace=False))
+        return str(self.rng.choice(variants))
+
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         images, masks, prompts = [], [], []
         for _ in range(batch):
@@ -258,5 +267,5 @@ class ClipSampler:
             gain = float(self.rng.uniform(0.9, 1.1))
             images.append((x * gain + float(self.rng.normal(0, 0.02))).clamp(0, 1))
             masks.append(y)
-            prompts.append(str(self.rng.choice(case.prompts)))
+            prompts.append(self._prompt(case.prompts))
         return torch.stack(images), torch.stack(masks), prompts

@@ -1,7 +1,11 @@
-"""A resumable trainer for TGSAM-2 clips: Adam (lr halved every ``decay_every`` steps, as the paper's x0.5 per
+"""A resumable trainer for TGSAM-2 and TPP clips: Adam (lr halved every ``decay_every`` steps, as the paper's x0.5 per
 10 epochs), AMP on CUDA, gradient accumulation, checkpoints with optimiser, scheduler and sampler state, a CSV log,
 and multi-GPU / multi-node data parallelism through torch DistributedDataParallel when launched by ``torchrun``
-(each rank samples its own clips; rank 0 writes logs and checkpoints)."""
+(each rank samples its own clips; rank 0 writes logs and checkpoints).
+
+The model-specific part is the *objective*: a module called as ``objective(images (B, T, 3, S, S), masks (B, T, S, S),
+prompts [B])`` that returns the scalar loss (``clip_objective`` picks TGSAM-2's ``sequence_loss`` or TPP's
+``tpp_loss``); everything else (optimiser, schedule, checkpoints, logs, DDP) is shared."""
 
 from __future__ import annotations
 
@@ -33,8 +37,10 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     augment_spatial: float = 0.0  # probability of a random affine per clip
-    max_minutes: float = 0.0  # > 0: stop (and save) after this long; the lr then halves 3 times over the budget
+    max_minutes: float = 0.0  # > 0: stop (and save) after this long; the lr then halves (at most) 3 times over the
+    # budget, every quarter of the steps estimated from the rate measured after step 20
     grad_accum: int = 1  # micro-batches of ``batch_size`` clips per optimiser step
+    prompts_per_clip: int = 1  # > 1: clips may get up to this many prompt variants joined by ';' (TPP's Np)
 
 
 def trainable_parameters(model, mode: str) -> list[torch.nn.Parameter]:
@@ -56,6 +62,8 @@ def trainable_parameters(model, mode: str) -> list[torch.nn.Parameter]:
         param.requires_grad_(wanted(name))
         if param.requires_grad:
             params.append(param)
+    if not params:
+        raise ValueError(f"trainable mode {mode!r} selects no parameter of this model (TPP trains with 'all')")
     return params
 
 
@@ -69,18 +77,47 @@ def dist_info() -> tuple[int, int]:
 
 
 class _ClipForward(torch.nn.Module):
-    """The training forward pass as one module call, so that DistributedDataParallel can hook it."""
+    """TGSAM-2's training forward pass and loss as one module call, so that DistributedDataParallel can hook it."""
 
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        return self.model.forward_sequence(images, self.model.encode_text(prompts))
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return sequence_loss(self.model.forward_sequence(images, self.model.encode_text(prompts)), masks)
+
+
+class _TPPClipForward(torch.nn.Module):
+    """TPP's training forward pass and loss (Eqs. 13-15, ``tpp_loss``) over a batch of clips: each clip runs as its
+    own sequence (the first image with Nq queries, then the propagated query) with its 1 to 3 prompts (a prompt with
+    ``;`` is split, a single structure prompt is completed from the prompt library, exactly as at inference)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        from ..modeling.tpp import tpp_loss
+        from ..prompts import prompt_set
+
+        losses = [tpp_loss(self.model.forward_sequence(images[b], prompt_set(prompts[b])), masks[b])
+                  for b in range(images.shape[0])]
+        return torch.stack(losses).mean()
+
+
+def clip_objective(model) -> torch.nn.Module:
+    """The training objective module for ``model``: TPP or TGSAM-2 / SAM-2."""
+    from ..modeling.tpp import TPP
+
+    return _TPPClipForward(model) if isinstance(model, TPP) else _ClipForward(model)
 
 
 class Trainer:
-    def __init__(self, model, sampler: ClipSampler, config: TrainConfig, out_dir: Path) -> None:
+    """``objective``: a module ``(images, masks, prompts) -> loss`` wrapping ``model`` (default:
+    ``clip_objective(model)``)."""
+
+    def __init__(self, model, sampler: ClipSampler, config: TrainConfig, out_dir: Path,
+                 objective: Optional[torch.nn.Module] = None) -> None:
         self.model, self.sampler, self.config, self.out_dir = model, sampler, config, Path(out_dir)
         self.params = trainable_parameters(model, config.trainable)
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
@@ -88,7 +125,7 @@ class Trainer:
         self.step = 0
         self.rank, self.world = dist_info()
         torch.manual_seed(config.seed)
-        self.forward = _ClipForward(model)
+        self.forward = objective if objective is not None else clip_objective(model)
         if self.world > 1:  # DDP broadcasts rank 0's weights now and averages gradients in backward
             from torch.nn.parallel import DistributedDataParallel
 
@@ -156,8 +193,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or self.world == 1 else self.forward.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    out = self.forward(images.to(device), prompts)
-                    loss = sequence_loss(out, masks.to(device)) / accum
+                    loss = self.forward(images.to(device), masks.to(device), prompts) / accum
                 loss.backward()
             total += loss.item()
         self.optimizer.step()
@@ -197,6 +233,8 @@ class Trainer:
                     total = self.step - first_step + int(rate * (budget - elapsed))
                     step_size, fitted = max(1, total // 4), True
                     log.info("about %d steps fit the budget; lr halves every %d", total, step_size)
+                if budget and fitted and self.scheduler.get_last_lr()[0] <= self.config.lr / 8 * (1 + 1e-6):
+                    step_size = 1 << 30  # 3 halvings per budget at most: on a shared machine the rate can rise later
                 if budget and self.world > 1:  # every rank follows rank 0's clock
                     stop, step_size = self._from_rank0(stop, step_size)
                 self.scheduler.step_size = step_size
