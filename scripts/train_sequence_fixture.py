@@ -29,15 +29,15 @@ sys.path.insert(0, str(ROOT))
 log = logging.getLogger("train_sequence_fixture")
 
 
-def clip_options(rng: np.random.Generator, frames: int) -> dict:
-    """Per-step clip: grey or tinted, moving at up to 3 % of the frame per step; 25 % fade out after a few frames
-    and 20 % have a faded stretch in the middle (the objects come back), at a contrast from 0 to 0.08 against
-    noise of 0.05."""
+def clip_options(rng: np.random.Generator, frames: int, fade_share: float = 0.45) -> dict:
+    """Per-step clip: grey or tinted, moving at up to 3 % of the frame per step. ``fade_share`` of the clips fade
+    (contrast 0 to 0.08 against noise of 0.05): about half of them from a frame on, the others for a stretch in the
+    middle (the objects come back). Faded frames still count as showing the object: only the memory knows where."""
     options = {"speed": 0.03, "tint": bool(rng.random() < 0.5), "as_recorded": True}
     draw = rng.random()
-    if draw < 0.45:
+    if draw < fade_share:
         start = int(rng.integers(1, frames))
-        stop = frames if draw < 0.25 else int(rng.integers(start + 1, frames + 1))
+        stop = frames if draw < fade_share * 0.55 else int(rng.integers(start + 1, frames + 1))
         options["faded"] = list(range(start, stop))
         options["fade_contrast"] = float(rng.uniform(0.0, 0.08))
     return options
@@ -59,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--save-every", type=int, default=400, help="also save OUT-stepN every N steps")
+    parser.add_argument("--fade-share", type=float, default=0.45, help="share of clips with faded frames")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint folder (a second stage)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = build_model(get_config("tiny"))
+    model = build_model(args.init) if args.init else build_model(get_config("tiny"))
     start = time.perf_counter()
     skipped: list[int] = []
 
@@ -78,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
     high = int(args.steps * 0.8)  # one optimiser throughout; the learning rate drops for the last 20 %
     train(model, args.steps, args.batch, args.frames, seed=args.seed, lr=args.lr,
-          clip=lambda rng: clip_options(rng, args.frames), mask_prompt_prob=0.3, max_grad_norm=1.0,
+          clip=lambda rng: clip_options(rng, args.frames, args.fade_share), mask_prompt_prob=0.3, max_grad_norm=1.0,
           lr_at=lambda step: args.lr if step < high else args.lr / 4, progress=progress)
     metadata = {"recipe": "scripts/train_sequence_fixture.py", "steps": str(args.steps), "seed": str(args.seed),
                 "batch": str(args.batch), "frames": str(args.frames), "lr": str(args.lr),
+                "fade_share": str(args.fade_share), "init": str(args.init.name if args.init else ""),
                 "skipped_steps": str(len(skipped)), "torch": torch.__version__}
     save_checkpoint(model, args.out, half=True, metadata=metadata)
     log.info("saved %s after %.0f s", args.out, time.perf_counter() - start)
