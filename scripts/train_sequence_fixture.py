@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-every", type=int, default=400, help="also save OUT-stepN every N steps")
     parser.add_argument("--fade-share", type=float, default=0.45, help="share of clips with faded frames")
     parser.add_argument("--init", type=Path, help="start from this checkpoint folder (a second stage)")
+    parser.add_argument("--visual-share", type=float, default=0.0, help="share of clips with only a mask prompt")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -80,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
     high = int(args.steps * 0.8)  # one optimiser throughout; the learning rate drops for the last 20 %
     train(model, args.steps, args.batch, args.frames, seed=args.seed, lr=args.lr,
-          clip=lambda rng: clip_options(rng, args.frames, args.fade_share), mask_prompt_prob=0.3, max_grad_norm=1.0,
+          clip=lambda rng: clip_options(rng, args.frames, args.fade_share), mask_prompt_prob=0.3,
+          visual_prob=args.visual_share, max_grad_norm=1.0,
           lr_at=lambda step: args.lr if step < high else args.lr / 4, progress=progress)
     metadata = {"recipe": "scripts/train_sequence_fixture.py", "steps": str(args.steps), "seed": str(args.seed),
                 "batch": str(args.batch), "frames": str(args.frames), "lr": str(args.lr),
-                "fade_share": str(args.fade_share), "init": str(args.init.name if args.init else ""),
+                "fade_share": str(args.fade_share), "visual_share": str(args.visual_share),
+                "init": str(args.init.name if args.init else ""),
                 "skipped_steps": str(len(skipped)), "torch": torch.__version__}
     save_checkpoint(model, args.out, half=True, metadata=metadata)
     log.info("saved %s after %.0f s", args.out, time.perf_counter() - start)

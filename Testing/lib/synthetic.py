@@ -98,13 +98,16 @@ def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
 def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-3, fade_after: int | None = None,
           both_objects: bool = True, fade_contrast: float = 0.04, *,
           clip: Optional[Callable[[np.random.Generator], dict[str, Any]]] = None, mask_prompt_prob: float = 0.0,
+          visual_prob: float = 0.0,
           max_grad_norm: Optional[float] = None, lr_at: Optional[Callable[[int], float]] = None,
           progress: Optional[Callable[[int, float], None]] = None) -> list[float]:
     """Train all but the frozen text encoder on text prompts; returns the loss curve.
 
     clip(rng): per-step keyword arguments for :func:`make_sequences` (fade, speed, tint), overriding
     ``fade_after`` / ``fade_contrast``. mask_prompt_prob: the share of steps whose first frame also gets the
-    target mask as a mask prompt (trains tracking from a drawn mask, as refinement uses it).
+    target mask as a mask prompt (trains tracking from a drawn mask, as refinement uses it). visual_prob: the
+    share of steps with no text at all, only that mask prompt (plain SAM-2 tracking: which object, and where it is,
+    must come from the memory).
     max_grad_norm: clip the gradient norm (and skip a step whose loss or gradient is not finite).
     lr_at(step): the learning rate of each step (default ``lr`` throughout).
     progress(step, loss) is called after every step.
@@ -127,10 +130,12 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
         names = ["disc" if not both_objects or torch.rand((), generator=gen) < 0.5 else "square" for _ in range(batch)]
         prompts = [PROMPTS[k][int(torch.randint(2, (), generator=gen))] for k in names]
         target = torch.stack([discs[i] if k == "disc" else squares[i] for i, k in enumerate(names)])
-        mask_prompt = None
+        mask_prompt, text = None, model.encode_text(prompts)
         if mask_prompt_prob > 0 and clip_rng.random() < mask_prompt_prob:
             mask_prompt = target[:, :1].float()
-        out = model.forward_sequence(images, model.encode_text(prompts), mask_prompt=mask_prompt)
+        if visual_prob > 0 and clip_rng.random() < visual_prob:
+            mask_prompt, text = target[:, :1].float(), None
+        out = model.forward_sequence(images, text, mask_prompt=mask_prompt)
         logits = out["mask_logits"][:, :, 0]
         loss = dice_bce_loss(logits.flatten(0, 1), target.flatten(0, 1))
         loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(

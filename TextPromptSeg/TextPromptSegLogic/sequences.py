@@ -89,7 +89,7 @@ def read_sequence_input(node, browser_node=None) -> SequenceInput:
 
     Raises ValueError with what to do when the node cannot be segmented frame by frame.
     """
-    from TextPromptSegLib.io.volumes import SequenceIndex, sequence_from_array
+    from TextPromptSegLib.io.volumes import SequenceIndex, sequence_from_array, validate
 
     if node is None:
         raise ValueError("Select a sequence (or a multi-frame volume) as input.")
@@ -108,7 +108,7 @@ def read_sequence_input(node, browser_node=None) -> SequenceInput:
         modality = "endoscopy" if volume.array.ndim == 4 else "US"
         volume.modality = modality
         volume.sequence = SequenceIndex.numbered(volume.array.shape[0])
-        return SequenceInput(volume=volume, volume_node=node)
+        return SequenceInput(volume=validate(volume), volume_node=node)
 
     count = sequence_node.GetNumberOfDataNodes()
     if count < 2:
@@ -117,9 +117,11 @@ def read_sequence_input(node, browser_node=None) -> SequenceInput:
     if not all(n is not None and n.IsA("vtkMRMLScalarVolumeNode") for n in frame_nodes):
         raise ValueError(f"The sequence '{sequence_node.GetName()}' holds "
                          f"{sequence_node.GetDataNodeClassName() or 'no'} items, not image frames (volumes).")
-    arrays, axis = [], None
+    arrays, axis, first = [], None, None
     for i, frame in enumerate(frame_nodes):
-        array = volume_from_node(frame, modality="US").array  # (z, y, x[, c]) copy
+        copied = volume_from_node(frame, modality="US")
+        first = copied if first is None else first
+        array = copied.array  # (z, y, x[, c]) copy
         singleton = [a for a in range(3) if array.shape[a] == 1]
         if not singleton:
             raise ValueError(f"Item {i} of '{sequence_node.GetName()}' is a 3D volume ({array.shape[:3]}); only "
@@ -130,13 +132,12 @@ def read_sequence_input(node, browser_node=None) -> SequenceInput:
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"The frames of '{sequence_node.GetName()}' differ in size: {sorted(shapes)}.")
-    first = volume_from_node(frame_nodes[0], modality="US")
     rows, cols = [a for a in range(3) if a != axis]
     spacing = (first.spacing[2 - cols], first.spacing[2 - rows])  # (x = column, y = row) of the frame
     values = [sequence_node.GetNthIndexValue(i) for i in range(count)]
     index = SequenceIndex(tuple(values), sequence_node.GetIndexName() or "frame", sequence_node.GetIndexUnit())
     geometry = {"origin": first.origin, "direction": first.direction} if axis == 0 else {}
-    volume = sequence_from_array(np.stack(arrays), spacing, index=index, **geometry)
+    volume = validate(sequence_from_array(np.stack(arrays), spacing, index=index, **geometry))
     if browser_node is None and scene is not None:
         browser_node = browser_for(scene, sequence_node)
     return SequenceInput(volume=volume, sequence_node=sequence_node, browser_node=browser_node,
