@@ -41,3 +41,23 @@ def tiny_model(tiny_text_encoder_dir):
     from TextPromptSegLib.modeling.testing import build_tiny_model
 
     return build_tiny_model(tiny_text_encoder_dir, seed=0)
+
+
+SEQUENCE_FIXTURE = REPO / "Testing" / "fixtures" / "tgsam2-tiny-sequences"
+
+
+@pytest.fixture(scope="session")
+def sequence_fixture_dir() -> Path:
+    """The checkpoint folder of the tiny TGSAM-2 trained on synthetic moving-object sequences
+    (scripts/train_sequence_fixture.py; committed, MiniLM text encoder)."""
+    if not (SEQUENCE_FIXTURE / "model.safetensors").is_file():
+        raise FileNotFoundError(f"sequence fixture missing: {SEQUENCE_FIXTURE} (scripts/train_sequence_fixture.py)")
+    return SEQUENCE_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def sequence_model(sequence_fixture_dir):
+    """The trained sequence fixture model on CPU. Shared: do not modify its weights."""
+    from TextPromptSegLib.modeling.build import build_model
+
+    return build_model(sequence_fixture_dir)

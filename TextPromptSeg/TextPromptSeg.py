@@ -69,7 +69,7 @@ class TextPromptSegParameterNode:
     or path ('' = bundled default); device: auto, cuda, mps or cpu; startSlice: -1 = automatic; firstSlice /
     lastSlice: the slice range to segment (-1 = the first / last slice); axis: auto (acquisition), axial, coronal
     or sagittal; direction: both, forward or backward from the start slice; maxEmptyRun: 0 = propagate through the
-    whole range. Slice numbers are indices along the slicing axis.
+    whole range; sequence: segment frame by frame (2D+t). Slice numbers are indices along the slicing axis.
 
     ``prompts`` (a QPlainTextEdit) and ``model`` (an editable combo box that also takes a path) have no
     parameterNodeWrapper connector and are synchronised by the widget."""
@@ -85,6 +85,7 @@ class TextPromptSegParameterNode:
     axis: Annotated[str, Choice(AXES)] = "auto"
     direction: Annotated[str, Choice(DIRECTIONS)] = "both"
     maxEmptyRun: Annotated[int, Minimum(0)] = 0
+    sequence: bool = False  # 2D+t (issue 5): segment every frame of the input's sequence / multi-frame volume
 
 
 class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -95,6 +96,7 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[TextPromptSegParameterNode] = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._sequenceRun = None  # 2D+t: the last sequence run (undo goes to it first)
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self._poll)
@@ -230,11 +232,18 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                                           _("TextPromptSeg"))
                 p.outputSegmentation.CreateDefaultDisplayNodes()
             axis = None if p.axis == "auto" else p.axis
-            self._job = self.logic.start(p.inputVolume, p.prompts.splitlines(), model=p.model or None,
-                                         device=p.device, start_slice=None if p.startSlice < 0 else p.startSlice,
-                                         axis=axis, direction=p.direction, max_empty_run=p.maxEmptyRun or None,
-                                         slice_range=self.logic.sliceRange(p.inputVolume, p.firstSlice,
-                                                                           p.lastSlice, axis))
+            if p.sequence:  # --- 2D+t sequences (issue 5): a sequence's frames, or a multi-frame volume
+                isSequence = bool(slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(p.inputVolume))
+                self._job = self.logic.start_sequence(
+                    p.inputVolume, p.prompts.splitlines(), model=p.model or None, device=p.device,
+                    start_frame=None if p.startSlice < 0 else p.startSlice,
+                    output_node=None if isSequence else p.outputSegmentation)
+            else:
+                self._job = self.logic.start(p.inputVolume, p.prompts.splitlines(), model=p.model or None,
+                                             device=p.device, start_slice=None if p.startSlice < 0 else p.startSlice,
+                                             axis=axis, direction=p.direction, max_empty_run=p.maxEmptyRun or None,
+                                             slice_range=self.logic.sliceRange(p.inputVolume, p.firstSlice,
+                                                                               p.lastSlice, axis))
             self.ui.segmentButton.enabled = False
             self.ui.cancelButton.enabled = True
             self.ui.progressBar.value = 0
@@ -247,6 +256,9 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelling...")
 
     def onUndo(self) -> None:
+        if self._sequenceRun is not None and self._sequenceRun.undo():
+            return
+        self._sequenceRun = None
         if not self.logic.undo():
             self.ui.statusLabel.text = _("Nothing to undo.")
 
@@ -269,7 +281,12 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         p = self._parameterNode
         try:
-            outcomes = self.logic.finish(job, p.inputVolume, p.outputSegmentation)
+            if hasattr(job, "source"):  # 2D+t sequence job (TextPromptSegLogic.sequences.SequenceJob)
+                self._sequenceRun = job.finish()
+                outcomes = self._sequenceRun.outcomes
+            else:
+                self._sequenceRun = None
+                outcomes = self.logic.finish(job, p.inputVolume, p.outputSegmentation)
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled: the segmentation was left as it was.")
             return

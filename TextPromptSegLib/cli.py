@@ -71,33 +71,56 @@ def _progress_bar(total_hint: int = 0):
     return bar, callback
 
 
+def _is_folder_output(output: Path, raw: Optional[str] = None) -> bool:
+    """``-o masks/`` (a trailing slash) or an existing folder: one PNG mask per frame."""
+    return (raw or str(output)).endswith(("/", "\\")) or output.is_dir()
+
+
 def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: Optional[str], device: Optional[str],
                 axis: Optional[str], start_slice: Optional[int], window, overlay: Optional[Path],
                 names: Optional[list[str]] = None, first_mask_model: Optional[str] = None,
                 slice_range: Optional[tuple[int, int]] = None, direction: str = "both",
-                overlay_reference: Optional[np.ndarray] = None):
+                overlay_reference: Optional[np.ndarray] = None, sequence: bool = False,
+                output_raw: Optional[str] = None):
     """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix.
-    ``overlay_reference``: a (z, y, x) reference mask drawn in green on the overlay beside the segments."""
+
+    overlay_reference: a (z, y, x) reference mask drawn in green on the overlay beside the segments.
+    sequence: read the input as a 2D+t sequence (frames along k) even when it is a plain 3D file; frame folders,
+    ``.seq.nrrd``, multi-page TIFF and ``.npy`` inputs are sequences anyway. Sequences can also be written as a
+    ``.seq.nrrd`` label sequence or as one PNG mask per frame (``-o FOLDER/``).
+    """
     from .engine.device import DeviceError, pick_device
     from .engine.pipeline import PreparedVolume, SegmentRequest, segment_volume
-    from .io.volumes import InputError, read_volume
-    from .io.writers import SegmentSpec, write_labelmap, write_overlay_png, write_seg_nrrd
+    from .io.volumes import InputError, read_sequence, read_volume
+    from .io.writers import (
+        SegmentSpec,
+        write_frame_masks,
+        write_label_sequence,
+        write_labelmap,
+        write_overlay_png,
+        write_seg_nrrd,
+    )
     from .modeling.checkpoint import CheckpointError
     from .registry import RegistryError, load_model
 
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
         raise UserError("every --prompt must be a non-empty description of what to segment")
+    folder_output = _is_folder_output(output, output_raw)
     suffixes = "".join(output.suffixes).lower()
-    if suffixes not in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha"):
-        raise UserError(f"output must end with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha: {output}")
+    if not folder_output and suffixes not in (".seg.nrrd", ".seq.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha"):
+        raise UserError(f"output must end with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha, or for a sequence "
+                        f".seq.nrrd or a folder (FOLDER/) of per-frame PNG masks: {output}")
     try:
-        volume = read_volume(input_path)
+        volume = read_sequence(input_path) if sequence else read_volume(input_path)
         dev = pick_device(device)
         model = load_model(model_name, device=str(dev))
         first_mask = load_model(first_mask_model, device=str(dev)) if first_mask_model else None
     except (InputError, DeviceError, RegistryError, CheckpointError) as exc:
         raise UserError(str(exc)) from exc
+    if (folder_output or suffixes == ".seq.nrrd") and not volume.is_sequence:
+        raise UserError(f"{output} is a sequence output (per-frame masks): the input is a volume; write .seg.nrrd "
+                        "or .nii.gz, or pass --sequence if its k axis is time")
     if start_slice is not None and not 0 <= start_slice:
         raise UserError("--start-slice must be a slice index (0 or more)")
     requests = [SegmentRequest(p, name=(names[i] if names and i < len(names) else None)) for i, p in enumerate(prompts)]
@@ -114,7 +137,12 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         raise UserError(str(exc)) from exc
     finally:
         bar.close()
-    if suffixes == ".seg.nrrd":
+    if folder_output:
+        stems = list(volume.sequence.values) if input_path.is_dir() else None
+        write_frame_masks(prepared.geometry.to_frames(result.labelmap()), output, stems)
+    elif suffixes == ".seq.nrrd":
+        write_label_sequence(volume, result.labelmap(), output)
+    elif suffixes == ".seg.nrrd":
         write_seg_nrrd(volume, [SegmentSpec(s.mask, s.name, s.color, s.prompt) for s in result.segments], output)
     else:
         write_labelmap(volume, result.labelmap(), output)
@@ -124,15 +152,20 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
             masks, colors = [*masks, overlay_reference], [*colors, REFERENCE_COLOR]
         write_overlay_png(masks, colors, overlay, frames=prepared.frames, frames_of=prepared.geometry.to_frames)
     for seg in result.segments:
-        print(f"{seg.name}: {seg.slices_with_object} slices with the object, {seg.volume_ml:.1f} mL "
-              f"(start slice {seg.start_slice})")
+        if volume.is_sequence:
+            print(f"{seg.name}: the object in {seg.slices_with_object} of {len(prepared)} frames "
+                  f"(start frame {seg.start_slice})")
+        else:
+            print(f"{seg.name}: {seg.slices_with_object} slices with the object, {seg.volume_ml:.1f} mL "
+                  f"(start slice {seg.start_slice})")
     return result
 
 
 def cmd_segment(args) -> int:
     run_segment(Path(args.input), args.prompt, Path(args.output), args.model, args.device, args.axis,
                 args.start_slice, _window(args.window), Path(args.overlay) if args.overlay else None, args.name,
-                args.first_mask_model, _slice_range(args.slice_range), args.direction)
+                args.first_mask_model, _slice_range(args.slice_range), args.direction, sequence=args.sequence,
+                output_raw=args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -215,16 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment a volume, one segment per prompt")
-    seg.add_argument("input", help="NIfTI, NRRD, MHA, a DICOM series folder, or a folder of frames")
+    seg.add_argument("input", help="NIfTI, NRRD, MHA, a DICOM series folder, or a 2D+t sequence: a folder of "
+                     "frames, a Slicer .seq.nrrd, a multi-page TIFF or a .npy (t, y, x[, 3]) array")
     seg.add_argument("--prompt", "-p", action="append", required=True, help="what to segment (repeatable)")
     seg.add_argument("--name", action="append", help="segment name for the prompt at the same position")
-    seg.add_argument("-o", "--output", required=True, help="output .seg.nrrd (Slicer) or label volume (.nii.gz)")
+    seg.add_argument("-o", "--output", required=True, help="output .seg.nrrd (Slicer) or label volume (.nii.gz); "
+                     "for a sequence also a .seq.nrrd label sequence or FOLDER/ (one PNG label mask per frame)")
+    seg.add_argument("--sequence", action="store_true", help="read INPUT as a 2D+t sequence (its k axis is time) "
+                     "and segment it frame by frame")
     seg.add_argument("--model", help="registered model name or a checkpoint path (default: the bundled model)")
     seg.add_argument("--device", help="cuda, mps, cpu or auto (default)")
     seg.add_argument("--axis", choices=("axial", "coronal", "sagittal"), help="slicing axis (default: acquisition)")
-    seg.add_argument("--start-slice", type=int, help="slice to start from (default: the most confident slice)")
+    seg.add_argument("--start-slice", type=int, help="slice (or frame of a sequence) to start from (default: the "
+                     "most confident one)")
     seg.add_argument("--slice-range", metavar="FIRST:LAST",
-                     help="segment only these slices (inclusive indices along the slicing axis)")
+                     help="segment only these slices or frames (inclusive indices along the slicing axis)")
     seg.add_argument("--direction", choices=("both", "forward", "backward"), default="both",
                      help="propagate both ways from the start slice (default) or only towards higher/lower indices")
     seg.add_argument("--window", help="CT window preset (soft_tissue, lung, bone, brain, ...) or CENTRE,WIDTH")

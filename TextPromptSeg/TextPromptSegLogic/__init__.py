@@ -272,6 +272,17 @@ class TextPromptSegLogic:
         self._worker_thread().submit(run)
         return job
 
+    def start_sequence(self, node, prompts: Sequence[str], model: Optional[str] = None, device: str = "auto",
+                       start_frame: Optional[int] = None, window=None, output_node=None, browser_node=None,
+                       sequences_logic=None):
+        """2D+t: segment a Sequence of frames (or its proxy volume, or a multi-frame volume) frame by frame on the
+        worker thread. Returns a ``sequences.SequenceJob``: ``poll()`` it, then ``finish()`` on the main thread
+        gives a ``SequenceRun`` (segmentation Sequence browsed with the input; ``refine``, ``undo``)."""
+        from .sequences import start_sequence
+
+        return start_sequence(self, node, prompts, model, device, start_frame, window, output_node, browser_node,
+                              sequences_logic)
+
     def process(self, volume_node, segmentation_node, prompts: Sequence[str], timeout: Optional[float] = None,
                 **options: Any) -> list[SegmentOutcome]:
         """Segment and wait (batch scripts and tests); ``options`` are those of :meth:`start`. Raises the job's

@@ -62,6 +62,12 @@ class SliceGeometry:
         return cls(plane, slice_axis, row_axis, col_axis, flip_rows, flip_cols,
                    float(spacing[row_axis]), float(spacing[col_axis]))
 
+    @classmethod
+    def for_sequence(cls, spacing) -> SliceGeometry:
+        """A 2D+t sequence (t, y, x): frames are the time points as stored (rows j, columns i, no flips)."""
+        spacing = np.asarray(spacing, dtype=float)
+        return cls("frame", 2, 1, 0, False, False, float(spacing[1]), float(spacing[0]))
+
     def _numpy_axes(self) -> tuple[int, int, int]:
         # voxel axis v (0=i) is numpy axis 2 - v in a (z, y, x) array
         return 2 - self.slice_axis, 2 - self.row_axis, 2 - self.col_axis

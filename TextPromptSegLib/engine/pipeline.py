@@ -69,12 +69,20 @@ class VolumeSegmentation:
 
 
 class PreparedVolume:
-    """A volume made ready for a model: normalised frames along the slicing axis and the resize transform."""
+    """A volume made ready for a model: normalised frames along the slicing axis and the resize transform.
+
+    A 2D+t sequence (``volume.sequence``) is always cut into its time points (``axis`` must be None)."""
 
     def __init__(self, volume: Volume, image_size: int, axis: Optional[str] = None, window: Window = None,
                  min_slices: int = 2) -> None:
         self.volume = validate(volume, min_slices)
-        self.geometry = SliceGeometry.for_volume(volume.direction, volume.spacing, axis)
+        if volume.is_sequence:
+            if axis is not None:
+                raise ValueError(f"a 2D+t sequence is segmented frame by frame; a slicing axis ({axis!r}) does "
+                                 "not apply")
+            self.geometry = SliceGeometry.for_sequence(volume.spacing)
+        else:
+            self.geometry = SliceGeometry.for_volume(volume.direction, volume.spacing, axis)
         normalised = normalize_intensity(volume.array, volume.modality, window)
         self.frames = self.geometry.to_frames(normalised)  # (N, H, W[, 3]) view
         n, h, w = self.frames.shape[:3]

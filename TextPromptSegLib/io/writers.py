@@ -148,3 +148,102 @@ def write_overlay_png(masks: Sequence[np.ndarray], colors: Sequence[tuple[float,
     with atomic_path(Path(path)) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
+
+
+def write_frame_masks(labelmap: np.ndarray, folder: Path, names: Sequence[str] | None = None) -> list[Path]:
+    """One PNG label mask per frame of a 2D+t sequence: ``labelmap`` (t, y, x) with 0 = background and i+1 =
+    segment i, written as 8-bit (16-bit when there are more than 255 segments) ``<name>.png`` files in ``folder``.
+
+    ``names`` (one per frame, e.g. the input frame file stems) default to ``frame_0000`` ... The folder is filled
+    through a temporary folder renamed at the end, so a failure leaves no partial set of masks.
+    """
+    from PIL import Image
+
+    labelmap = np.asarray(labelmap)
+    if labelmap.ndim != 3:
+        raise ValueError(f"a frame label map must be (t, y, x), got {labelmap.shape}")
+    names = list(names) if names is not None else [f"frame_{t:04d}" for t in range(labelmap.shape[0])]
+    if len(names) != labelmap.shape[0] or len(set(names)) != len(names):
+        raise ValueError(f"need {labelmap.shape[0]} distinct frame names, got {len(names)}")
+    dtype = np.uint8 if labelmap.max(initial=0) < 256 else np.uint16
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.part")
+    tmp.mkdir(exist_ok=False)
+    try:
+        paths = []
+        for name, frame in zip(names, labelmap):
+            path = tmp / f"{name}.png"
+            Image.fromarray(np.ascontiguousarray(frame.astype(dtype))).save(path, format="PNG")
+            paths.append(folder / path.name)
+        folder.mkdir(exist_ok=True)
+        for path in paths:
+            os.replace(tmp / path.name, path)
+        return paths
+    finally:
+        for leftover in tmp.iterdir():
+            leftover.unlink()
+        tmp.rmdir()
+
+
+def write_label_sequence(volume: Volume, labelmap: np.ndarray, path: Path) -> Path:
+    """A Slicer volume sequence (``.seq.nrrd``) of label maps, one single-slice frame per time point of the 2D+t
+    ``volume``: Slicer loads it as a sequence of vtkMRMLLabelMapVolumeNode items with the input's index name, unit
+    and values, on the frames' own geometry (the NRRD layout Slicer's vtkMRMLVolumeSequenceStorageNode writes).
+
+    labelmap: (t, y, x) with 0 = background and i+1 = segment i.
+    """
+    import gzip
+
+    if not volume.is_sequence:
+        raise ValueError("a label sequence needs a 2D+t sequence as input")
+    labelmap = np.asarray(labelmap)
+    if labelmap.shape != volume.shape:
+        raise ValueError(f"label map {labelmap.shape} does not match the sequence {volume.shape}")
+    if not str(path).endswith(".seq.nrrd"):
+        raise ValueError(f"a volume sequence file must end with .seq.nrrd: {path}")
+    big = labelmap.max(initial=0) >= 256
+    data = np.ascontiguousarray(labelmap.astype("<u2" if big else np.uint8))  # (t, y, x) = NRRD sizes x y 1 t
+    t, ny, nx = labelmap.shape
+    axes = volume.direction * np.asarray(volume.spacing)  # columns: i, j, k steps in LPS
+    index = volume.sequence
+
+    def vec(v) -> str:
+        return "(" + ",".join(f"{float(c):.17g}" for c in v) + ")"
+
+    def field(text: str) -> str:
+        return text.replace("\n", " ").replace('"', "'")
+
+    header = [
+        "NRRD0004",
+        f"type: {'unsigned short' if big else 'unsigned char'}",
+        "dimension: 4",
+        "space: left-posterior-superior",
+        f"sizes: {nx} {ny} 1 {t}",
+        f"space directions: {vec(axes[:, 0])} {vec(axes[:, 1])} {vec(axes[:, 2])} none",
+        "kinds: domain domain domain list",
+        f'labels: "" "" "" "{field(index.name)}"',
+        f'units: "" "" "" "{field(index.unit)}"',
+    ]
+    if big:
+        header.append("endian: little")
+    header += [
+        "encoding: gzip",
+        f"space origin: {vec(volume.origin)}",
+        "DataNodeClassName:=vtkMRMLLabelMapVolumeNode",
+        "axis 3 index type:=numeric" if _numeric(index.values) else "axis 3 index type:=text",
+        "axis 3 index values:=" + " ".join(v.replace(" ", "%20") for v in index.values),
+    ]
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(("\n".join(header) + "\n\n").encode("utf-8"))
+            f.write(gzip.compress(data.tobytes(), compresslevel=6))
+    return Path(path)
+
+
+def _numeric(values: Sequence[str]) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
