@@ -332,6 +332,8 @@ class TextPromptSegLogic:
         Returns a list of SegmentOutcome for a segmentation run, a RefineOutcome for a refinement.
         """
         if job.error is not None:
+            if job.kind == "refine":
+                self._restore_preview(job, segmentation_node)
             raise job.error
         if job.kind == "refine":
             return self.apply_refinement(job, volume_node, segmentation_node)
@@ -533,6 +535,25 @@ class TextPromptSegLogic:
         table = find_quality_table(scene, segmentation_node, segment_id) if scene is not None else None
         chart_id = table.GetAttribute("TextPromptSeg.ChartNodeID") if table is not None else None
         return scene.GetNodeByID(chart_id) if chart_id else None
+
+    @staticmethod
+    def quality_plot_view_node(scene, chart=None):
+        """The plot view node the panel's strip shows (one per scene, hidden from editors), set to ``chart``
+        and to point selection, so a click on a point reports its slice."""
+        import slicer
+
+        nodes = scene.GetNodesByClass("vtkMRMLPlotViewNode")
+        view = None
+        for i in range(nodes.GetNumberOfItems()):
+            if nodes.GetItemAsObject(i).GetAttribute("TextPromptSeg.QualityView") == "1":
+                view = nodes.GetItemAsObject(i)
+        if view is None:
+            view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode", "TextPromptSeg quality strip")
+            view.SetAttribute("TextPromptSeg.QualityView", "1")
+            view.SetHideFromEditors(True)
+        view.SetPlotChartNodeID(chart.GetID() if chart is not None else None)
+        view.SetInteractionMode(slicer.vtkMRMLPlotViewNode.InteractionModeSelectPoints)
+        return view
 
     def segment_axis(self, segmentation_node, segment_id: str, default: Optional[str] = None) -> Optional[str]:
         """The slicing axis a segment was propagated along (None: automatic), else ``default``."""
@@ -748,12 +769,45 @@ class TextPromptSegLogic:
         self._worker_thread().submit(run)
         return job
 
-    def apply_refinement(self, job: SegmentationJob, volume_node, segmentation_node) -> RefineOutcome:
-        """Main thread: write the slices a refinement changed into the segment (only that segment; every other
-        slice keeps its voxels, including edits made while the model ran); undoable with :meth:`undo`."""
+    def show_refinement_progress(self, job: SegmentationJob, events: Sequence[Any], volume_node,
+                                 segmentation_node) -> list[int]:
+        """Main thread, while a refinement runs: draw the slices it already changed (progress events that carry a
+        mask) into the segment at once, so the user sees the first updated slice without waiting for the end.
+        The segment is kept first, so a cancel or an error restores it and :meth:`undo` undoes the whole
+        refinement. Returns the slices drawn."""
+        from .interactive import slice_geometry, write_slices
+
+        if job.kind != "refine":
+            return []
+        segment_id = job.info["segment_id"]
+        if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+            return []
+        geometry = None
+        drawn = []
+        for event in events:
+            if getattr(event, "mask", None) is None or event.slice_index < 0:
+                continue
+            if "saved" not in job.info:
+                job.info["saved"] = segment_labelmap_copy(segmentation_node, segment_id)
+            geometry = geometry or slice_geometry(volume_node, job.info["axis"])
+            write_slices(volume_node, segmentation_node, segment_id, geometry, event.slice_index, event.mask[None])
+            drawn.append(event.slice_index)
+        return drawn
+
+    def _restore_preview(self, job: SegmentationJob, segmentation_node) -> None:
         import slicer
 
-        from .interactive import segment_mask_on_volume, slice_digests, slice_geometry
+        saved = job.info.pop("saved", None)
+        segment_id = job.info.get("segment_id")
+        if saved is not None and segmentation_node.GetSegmentation().GetSegment(segment_id) is not None:
+            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                saved, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
+    def apply_refinement(self, job: SegmentationJob, volume_node, segmentation_node) -> RefineOutcome:
+        """Main thread: write the slices a refinement changed into the segment (only that segment and only
+        those slices: every other slice keeps its voxels, including edits made while the model ran); undoable
+        with :meth:`undo`."""
+        from .interactive import segment_mask_on_volume, slice_digests, slice_geometry, write_slices
 
         info, result = job.info, job.result
         segment_id = info["segment_id"]
@@ -764,12 +818,13 @@ class TextPromptSegLogic:
         for n, mask in result.frame_masks.items():
             frames[n] = mask
         previous_state = self._states.get((segmentation_node.GetID(), segment_id))
+        saved = info.pop("saved", None)  # kept by show_refinement_progress before its first slice
+        saved = saved if saved is not None else segment_labelmap_copy(segmentation_node, segment_id)
         if result.frame_masks:
-            saved = segment_labelmap_copy(segmentation_node, segment_id)
-            image = mask_to_oriented_image(geometry.from_frames(frames), volume_node)
-            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-            self.undo_stack.append(_UndoEntry(segmentation_node, {segment_id: saved}, {segment_id: previous_state}))
+            first, last = min(result.frame_masks), max(result.frame_masks)
+            write_slices(volume_node, segmentation_node, segment_id, geometry, first, frames[first : last + 1])
+        # one undo step per user action, even one that changed nothing (Undo must not skip to an older action)
+        self.undo_stack.append(_UndoEntry(segmentation_node, {segment_id: saved}, {segment_id: previous_state}))
         spacing, _, _ = geometry_from_node(volume_node)
         pixel_mm2 = spacing[geometry.row_axis] * spacing[geometry.col_axis]
         corrections = dict(info["keep"])

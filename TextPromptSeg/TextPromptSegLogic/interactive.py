@@ -288,6 +288,36 @@ def segment_mask_on_volume(segmentation_node, segment_id: str, volume_node) -> n
     return array > 0
 
 
+def write_slices(volume_node, segmentation_node, segment_id: str, geometry, first: int, frames: np.ndarray) -> None:
+    """Replace the segment's voxels on slices first .. first+len(frames)-1 of the slicing axis (and only there).
+
+    frames: (M, H, W) bool in frame space. Only that slab of the volume grid is written (Slicer's
+    SetBinaryLabelmapToSegment with an extent), so other slices and other segments keep their voxels.
+    """
+    import slicer
+    import vtk
+    from vtkmodules.util import numpy_support
+
+    slab = geometry.from_frames(np.asarray(frames, bool))  # (z, y, x) with the slicing axis first..first+M-1
+    shape = volume_shape_zyx(volume_node)
+    dims = [shape[2], shape[1], shape[0]]
+    extent = []
+    for axis in range(3):
+        if axis == geometry.slice_axis:
+            extent += [int(first), int(first) + len(frames) - 1]
+        else:
+            extent += [0, dims[axis] - 1]
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(*extent)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
+        np.ascontiguousarray(slab, dtype=np.uint8).ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, extent)
+
+
 def slice_digests(frames: np.ndarray) -> list[bytes]:
     """A short digest per frame of a (N, H, W) bool stack (to notice slices edited since they were written)."""
     return [hashlib.blake2b(np.packbits(f).tobytes(), digest_size=8).digest() for f in np.asarray(frames, bool)]
