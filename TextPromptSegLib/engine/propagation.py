@@ -255,7 +255,7 @@ class Session:
                   mask_prompts: Optional[Mapping[int, np.ndarray]] = None,
                   point_prompts: Optional[Mapping[int, dict]] = None, max_empty_run: Optional[int] = None,
                   stop_when_unchanged: Optional[tuple[PropagationResult, int]] = None, unchanged_iou: float = 1.0,
-                  progress: Optional[ProgressCallback] = None,
+                  anchors: Sequence[int] = (), progress: Optional[ProgressCallback] = None,
                   cancel: Optional[CancelToken] = None) -> PropagationResult:
         """Segment every frame for one prompt.
 
@@ -272,7 +272,8 @@ class Session:
             result's masks (refinement). A frame matches when the IoU of its low-resolution masks is at least
             ``unchanged_iou`` (1.0: identical; two empty masks match); a matching frame keeps the previous logits and
             score bit for bit, and frames not reached keep the previous result. Progress events of frames that did
-            change carry their new low-resolution logits in ``ProgressEvent.mask``.
+            change carry their new low-resolution logits in ``ProgressEvent.mask``. ``anchors``: mask-prompted
+            frames whose mask was taken from the previous result itself; they keep its logits and score.
         Raises :class:`~.progress.Cancelled` when ``cancel`` is set (checked before every frame).
         """
         n = len(self)
@@ -298,7 +299,9 @@ class Session:
         scores = np.full(n, -np.inf, np.float32)
         order: list[int] = []
         output_dict: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        cond_frames = sorted({start_index, *mask_prompts, *point_prompts})
+        # the start frame first (it is the one the user is waiting for); conditioning frames see no memory, so
+        # their order does not change any result
+        cond_frames = [start_index, *sorted({*mask_prompts, *point_prompts} - {start_index})]
         forward = direction in ("both", "forward")
         backward = direction in ("both", "backward")
         todo = len(cond_frames) + (n - 1 - start_index if forward else 0) + (start_index if backward else 0)
@@ -314,7 +317,7 @@ class Session:
             if previous is None:
                 tracker.step(index)
                 return False
-            if masks_match(logits[index], previous.logits[index], unchanged_iou):
+            if index in anchors or masks_match(logits[index], previous.logits[index], unchanged_iou):
                 logits[index] = previous.logits[index]
                 scores[index] = previous.scores[index]
                 tracker.step(index)
@@ -385,11 +388,13 @@ class Session:
             clicks[frame] = {"coords": points["coords"], "labels": points["labels"],
                              "mask_logits": previous.logits[frame].float()}
         prev_start = previous.start_index
+        anchors = []
         if prev_start != frame and prev_start not in prompts and previous.scores[prev_start] > 0:
             prompts[prev_start] = previous.mask(prev_start).numpy()  # keep the original anchor
+            anchors.append(prev_start)
         result = self.propagate(prompt, start_index=frame, mask_prompts=prompts, point_prompts=clicks,
                                 stop_when_unchanged=(previous, unchanged_run), unchanged_iou=unchanged_iou,
-                                progress=progress, cancel=cancel)
+                                anchors=anchors, progress=progress, cancel=cancel)
         result.extra["changed"] = [i for i in result.order
                                    if not torch.equal(result.logits[i] > 0, previous.logits[i] > 0)]
         return result
