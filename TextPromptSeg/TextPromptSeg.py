@@ -458,6 +458,7 @@ class TextPromptSegTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SegmentBundledSample()
         self.test_RerunAndUndo()
+        self.test_RefineFromSliceAndUndo()
 
     def _load_sample(self):
         path = resourcePath("Samples/STS_002/CT_image.nii.gz")
@@ -492,3 +493,33 @@ class TextPromptSegTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(segmentation.GetSegmentation().GetSegment(first[0].segment_id))
         logic.shutdown()
         logging.info("rerun and undo passed")
+
+    def test_RefineFromSliceAndUndo(self):
+        """Erase half of the tumour on one slice, refine from it: that slice stays as edited, nothing is
+        re-encoded, and undo brings the edited segment back bit for bit."""
+        import numpy as np
+        from TextPromptSegLogic.interactive import slice_geometry
+
+        self.delayDisplay("Refining from a corrected slice")
+        volume = self._load_sample()
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        logic = TextPromptSegLogic()
+        outcome = logic.process(volume, segmentation, ["a soft-tissue sarcoma"], start_slice=24)[0]
+        geometry = slice_geometry(volume)
+        edited = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, outcome.segment_id, volume).astype(bool)
+        frames = geometry.to_frames(edited)
+        frame = frames[24].copy()
+        frame[:, frame.shape[1] // 2:] = False  # the Segment Editor's eraser on the right half of slice 24
+        frames[24] = frame
+        edited = geometry.from_frames(frames)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edited.astype(np.uint8), segmentation, outcome.segment_id,
+                                                         volume)
+        refined = logic.refine_from_slice(volume, segmentation, outcome.segment_id, 24)
+        after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, outcome.segment_id, volume).astype(bool)
+        self.assertTrue(np.array_equal(geometry.to_frames(after)[24], frame))
+        self.assertEqual(refined.encoded_slices, 0)
+        self.assertTrue(logic.undo())
+        restored = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, outcome.segment_id, volume).astype(bool)
+        self.assertTrue(np.array_equal(restored, edited))
+        logic.shutdown()
+        self.delayDisplay("Refinement test passed")
