@@ -146,3 +146,26 @@ def test_visual_prompts_need_one_prompt(mrml, probe_volume, tiny_model):
     visual = VisualPrompts(point_prompts={2: ([(3.0, 4.0)], [1])})
     with pytest.raises(ValueError, match="one structure"):
         logic.start(node, ["the liver", "the spleen"], visual=visual)
+
+
+def test_prompt_nodes_and_place_mode(mrml):
+    """The panel's buttons: one labelled, coloured point list per polarity (found again, not duplicated), the
+    views switched to placing into it, and the strip's plot view in point-selection mode."""
+    import slicer
+    import TextPromptSegLogic as tl
+    from TextPromptSegLogic.interactive import POINT_LABEL_ATTRIBUTE
+
+    logic = tl.TextPromptSegLogic
+    positive, negative = logic.prompt_node(mrml.scene, "positive"), logic.prompt_node(mrml.scene, "negative")
+    assert (positive.GetAttribute(POINT_LABEL_ATTRIBUTE), negative.GetAttribute(POINT_LABEL_ATTRIBUTE)) == ("1", "0")
+    assert logic.prompt_node(mrml.scene, "positive") is positive
+    assert positive.GetDisplayNode().GetSelectedColor() != negative.GetDisplayNode().GetSelectedColor()
+    assert logic.prompt_node(mrml.scene, "box").IsA("vtkMRMLMarkupsROINode")
+    logic.begin_placing(mrml.scene, negative)
+    interaction = mrml.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    selection = mrml.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert selection.GetActivePlaceNodeID() == negative.GetID()
+    view = logic.quality_plot_view_node(mrml.scene)
+    assert view.GetInteractionMode() == slicer.vtkMRMLPlotViewNode.InteractionModeSelectPoints
+    assert logic.quality_plot_view_node(mrml.scene) is view
