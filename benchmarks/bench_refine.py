@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--unchanged-iou", type=float, default=0.95, help="the Slicer Logic's default")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,9 +141,9 @@ def main() -> None:
         click = ([(float(rows.mean()), float(cols.mean()))], [1])
 
         refine = functools.partial(refine_volume, prepared, session, "the left atrium", first.propagation, k,
-                                   mask=correction)
+                                   mask=correction, unchanged_iou=args.unchanged_iou)
         point = functools.partial(refine_volume, prepared, session, "the left atrium", first.propagation, c,
-                                  points=click)
+                                  points=click, unchanged_iou=args.unchanged_iou)
         rows_out = []
         for run, start in ((refine, k), (point, c)):
             timed(run, start)  # warm-up (allocations, autotuning)
