@@ -364,7 +364,7 @@ class Session:
     def refine(self, prompt: Optional[str], previous: PropagationResult, frame: int,
                mask: Optional[np.ndarray] = None, points: Optional[dict] = None,
                keep: Optional[Mapping[int, np.ndarray]] = None, unchanged_run: int = 3, unchanged_iou: float = 1.0,
-               progress: Optional[ProgressCallback] = None,
+               keep_anchor: bool = False, progress: Optional[ProgressCallback] = None,
                cancel: Optional[CancelToken] = None) -> PropagationResult:
         """Re-propagate from a corrected frame in both directions, only as far as the result changes.
 
@@ -375,6 +375,10 @@ class Session:
         frames kept exactly. Each direction stops once ``unchanged_run`` consecutive frames match ``previous`` (see
         :meth:`propagate`); frames not revisited keep the previous result bit for bit. Encoded features are reused
         (no re-encoding). ``result.extra["changed"]`` lists the frames whose mask differs from ``previous``.
+
+        ``keep_anchor``: also condition on the previous run's start frame (its own mask). Off by default: that
+        frame is the model's guess, not the user's, and where the user's correction contradicts it the two
+        conditioning frames pull the slices between them both ways; far slices are kept by the stopping rule.
         """
         if (mask is None) == (points is None):
             raise ValueError("give the corrected frame's mask or its points, not both")
@@ -389,7 +393,7 @@ class Session:
                              "mask_logits": previous.logits[frame].float()}
         prev_start = previous.start_index
         anchors = []
-        if prev_start != frame and prev_start not in prompts and previous.scores[prev_start] > 0:
+        if keep_anchor and prev_start != frame and prev_start not in prompts and previous.scores[prev_start] > 0:
             prompts[prev_start] = previous.mask(prev_start).numpy()  # keep the original anchor
             anchors.append(prev_start)
         result = self.propagate(prompt, start_index=frame, mask_prompts=prompts, point_prompts=clicks,
