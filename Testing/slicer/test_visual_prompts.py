@@ -169,3 +169,34 @@ def test_prompt_nodes_and_place_mode(mrml):
     view = logic.quality_plot_view_node(mrml.scene)
     assert view.GetInteractionMode() == slicer.vtkMRMLPlotViewNode.InteractionModeSelectPoints
     assert logic.quality_plot_view_node(mrml.scene) is view
+
+
+@pytest.mark.parametrize("axis", [None, "coronal", "sagittal"])
+def test_slab_writes_change_only_their_slices(mrml, probe_volume, axis):
+    """Refinement results are written as a slab of slices along the slicing axis: exactly those voxels change,
+    every other slice of the segment and every other segment keep theirs bit for bit."""
+    import slicer
+    import TextPromptSegLogic as tl
+    from test_logic import _segment_array
+    from TextPromptSegLogic.interactive import segment_mask_on_volume, slice_geometry, write_slices
+
+    array, node = probe_volume
+    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(node)
+    rng = np.random.default_rng(1)
+    masks = {}
+    for name in ("refined", "other"):
+        masks[name] = rng.random(array.shape) < 0.3
+        sid = seg.GetSegmentation().AddEmptySegment("", name, [1.0, 0.0, 0.0])
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            tl.mask_to_oriented_image(masks[name], node), seg, sid,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        masks[name + "_id"] = sid
+    geometry = slice_geometry(node, axis)
+    frames = geometry.to_frames(masks["refined"]).copy()
+    new = rng.random((2, *frames.shape[1:])) < 0.5
+    write_slices(node, seg, masks["refined_id"], geometry, 1, new)
+    frames[1:3] = new
+    assert np.array_equal(segment_mask_on_volume(seg, masks["refined_id"], node), geometry.from_frames(frames))
+    assert np.array_equal(_segment_array(seg, masks["refined_id"], node, mrml), geometry.from_frames(frames))
+    assert np.array_equal(_segment_array(seg, masks["other_id"], node, mrml), masks["other"])

@@ -291,14 +291,15 @@ def segment_mask_on_volume(segmentation_node, segment_id: str, volume_node) -> n
 def write_slices(volume_node, segmentation_node, segment_id: str, geometry, first: int, frames: np.ndarray) -> None:
     """Replace the segment's voxels on slices first .. first+len(frames)-1 of the slicing axis (and only there).
 
-    frames: (M, H, W) bool in frame space. Only that slab of the volume grid is written (Slicer's
-    SetBinaryLabelmapToSegment with an extent), so other slices and other segments keep their voxels.
+    frames: (M, H, W) bool in frame space. Only that slab of the volume grid is touched: the slab is cleared
+    with a minimum merge and filled with a maximum merge, both limited to the slab's extent (a replace with an
+    extent would clear the segment outside it), so other slices and other segments keep their voxels.
     """
     import slicer
     import vtk
     from vtkmodules.util import numpy_support
 
-    slab = geometry.from_frames(np.asarray(frames, bool))  # (z, y, x) with the slicing axis first..first+M-1
+    frames = np.asarray(frames, bool)
     shape = volume_shape_zyx(volume_node)
     dims = [shape[2], shape[1], shape[0]]
     extent = []
@@ -307,15 +308,18 @@ def write_slices(volume_node, segmentation_node, segment_id: str, geometry, firs
             extent += [int(first), int(first) + len(frames) - 1]
         else:
             extent += [0, dims[axis] - 1]
-    image = slicer.vtkOrientedImageData()
-    image.SetExtent(*extent)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
-        np.ascontiguousarray(slab, dtype=np.uint8).ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
-    image.SetImageToWorldMatrix(matrix)
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, extent)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    for values, mode in ((np.zeros_like(frames), logic.MODE_MERGE_MIN), (frames, logic.MODE_MERGE_MAX)):
+        slab = geometry.from_frames(values)  # (z, y, x) with the slicing axis first..first+M-1
+        image = slicer.vtkOrientedImageData()
+        image.SetExtent(*extent)
+        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
+            np.ascontiguousarray(slab, dtype=np.uint8).ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+        image.SetImageToWorldMatrix(matrix)
+        if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, mode, extent):
+            raise RuntimeError(f"Slicer could not write slices {first}..{first + len(frames) - 1} of the segment")
 
 
 def slice_digests(frames: np.ndarray) -> list[bytes]:
