@@ -254,9 +254,11 @@ class TextPromptSegLogic:
         return self._worker
 
     def shutdown(self) -> None:
+        """Stop the worker thread and release the encoded volumes (segments keep their state)."""
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+        self._engines.clear()
 
     # ------------------------------------------------------------------ running
     def start(self, volume_node, prompts: Sequence[str], model: Optional[str] = None, device: str = "auto",
