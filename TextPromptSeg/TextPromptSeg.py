@@ -55,6 +55,9 @@ class TextPromptSeg(ScriptedLoadableModule):
             "sarcoma'), pick the volume and press Segment. TGSAM-2 propagates the prompt slice by slice from the "
             "most confident slice (or the slice you choose) in both directions. Each prompt becomes a segment, "
             "named and coloured from the prompt library, that you can correct with the Segment Editor. "
+            "Under Refine: positive (P) and negative (N) points and a box add to the text; after correcting a "
+            "slice, 'Refine from this slice' carries the correction to the neighbouring slices; the strip shows "
+            "per-slice confidence and area and jumps to a slice. "
             "See <a href='https://github.com/textpromptseg/SlicerTextPromptSeg'>the documentation</a>."
         )
         self.parent.acknowledgementText = _(
@@ -97,6 +100,8 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._sequenceRun = None  # 2D+t: the last sequence run (undo goes to it first)
+        self._shortcuts = []
+        self._plotViewNode = None
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self._poll)
@@ -132,18 +137,22 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.cancelButton.enabled = False
+        self._setupRefinement()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self._removeShortcuts()
         self._timer.stop()
         if self.logic:
             self.logic.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self._installShortcuts()
 
     def exit(self) -> None:
+        self._removeShortcuts()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -216,10 +225,15 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode.inputVolume if self._parameterNode else None
         if node is None:
             return
+        self._parameterNode.startSlice = self.logic.sliceIndexFromRAS(node, self._redSliceCenter(), self._axis())
+
+    @staticmethod
+    def _redSliceCenter() -> list:
         sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
-        ras = [sliceNode.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
-        axis = None if self._parameterNode.axis == "auto" else self._parameterNode.axis
-        self._parameterNode.startSlice = self.logic.sliceIndexFromRAS(node, ras, axis)
+        return [sliceNode.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+
+    def _axis(self):
+        return None if self._parameterNode.axis == "auto" else self._parameterNode.axis
 
     # ---------------------------------------------------------------- running
     def onSegment(self) -> None:
@@ -239,16 +253,23 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     start_frame=None if p.startSlice < 0 else p.startSlice,
                     output_node=None if isSequence else p.outputSegmentation)
             else:
+                boxSlice = self.logic.sliceIndexFromRAS(p.inputVolume, self._redSliceCenter(), self._axis())
+                visual = self.logic.collect_visual_prompts(p.inputVolume, self._axis(), box_slice=boxSlice)
                 self._job = self.logic.start(p.inputVolume, p.prompts.splitlines(), model=p.model or None,
                                              device=p.device, start_slice=None if p.startSlice < 0 else p.startSlice,
                                              axis=axis, direction=p.direction, max_empty_run=p.maxEmptyRun or None,
                                              slice_range=self.logic.sliceRange(p.inputVolume, p.firstSlice,
-                                                                               p.lastSlice, axis))
-            self.ui.segmentButton.enabled = False
-            self.ui.cancelButton.enabled = True
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Loading the model...")
-            self._timer.start()
+                                                                               p.lastSlice, axis),
+                                             visual=visual or None)
+            self._startPolling(_("Loading the model..."))
+
+    def _startPolling(self, message: str) -> None:
+        self.ui.segmentButton.enabled = False
+        self.ui.refineButton.enabled = False
+        self.ui.cancelButton.enabled = True
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = message
+        self._timer.start()
 
     def onCancel(self) -> None:
         if self._job is not None:
@@ -266,20 +287,23 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         job = self._job
         if job is None:
             return
-        for event in job.poll():
+        p = self._parameterNode
+        events = job.poll()
+        for event in events:
             self.ui.progressBar.maximum = max(1, event.total)
             self.ui.progressBar.value = event.done
             eta = f" (about {event.eta_seconds:.0f} s left)" if event.eta_seconds else ""
             self.ui.statusLabel.text = event.message + eta
+        self.logic.show_refinement_progress(job, events, p.inputVolume, p.outputSegmentation)  # slices at once
         if not job.done.is_set():
             return
         self._timer.stop()
         self._job = None
         self._onParameterNodeModified()
+        self.ui.refineButton.enabled = True
         self.ui.cancelButton.enabled = False
         from TextPromptSegLib.engine.progress import Cancelled
 
-        p = self._parameterNode
         try:
             if hasattr(job, "source"):  # 2D+t sequence job (TextPromptSegLogic.sequences.SequenceJob)
                 self._sequenceRun = job.finish()
@@ -295,8 +319,127 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Failed.")
             return
         self.ui.statusLabel.text = _("Done.")
-        self.ui.resultLabel.text = "; ".join(
-            f"{o.name}: {o.slices_with_object} slices, {o.volume_ml:.1f} mL" for o in outcomes)
+        if job.kind == "refine":
+            self.ui.resultLabel.text = _("Refined from slice {index}: {count} slices changed, {ml:.1f} mL.").format(
+                index=outcomes.slice_index, count=len(outcomes.changed_slices), ml=outcomes.volume_ml)
+        else:
+            self.ui.resultLabel.text = "; ".join(
+                f"{o.name}: {o.slices_with_object} slices, {o.volume_ml:.1f} mL" for o in outcomes)
+            if outcomes:
+                self.ui.refineSegmentSelector.setCurrentNode(p.outputSegmentation)
+                self.ui.refineSegmentSelector.setCurrentSegmentID(outcomes[0].segment_id)
+        self._updateQualityStrip()
+
+    # ---------------------------------------------------------------- refinement (issue 5)
+    def _setupRefinement(self) -> None:
+        self.ui.positivePointButton.connect("clicked(bool)", lambda _checked: self.onPlacePoint("positive"))
+        self.ui.negativePointButton.connect("clicked(bool)", lambda _checked: self.onPlacePoint("negative"))
+        self.ui.boxButton.connect("clicked(bool)", self.onPlaceBox)
+        self.ui.clearPromptsButton.connect("clicked(bool)", self.onClearPrompts)
+        self.ui.refineButton.connect("clicked(bool)", self.onRefine)
+        self.ui.leastConfidentButton.connect("clicked(bool)", self.onJumpLeastConfident)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
+        self.ui.refineSegmentSelector.connect("currentSegmentChanged(QString)", self._updateQualityStrip)
+        self.ui.qaPlotWidget.plotView().connect("dataSelected(vtkStringArray*, vtkCollection*)",
+                                                self.onQualityPointSelected)
+
+    def _installShortcuts(self) -> None:
+        """P / N: place a positive / negative point (active while the module is shown, like the Segment
+        Editor's keys; the slice views already use b, f, g, r, t and v)."""
+        self._removeShortcuts()
+        for key, role in (("p", "positive"), ("n", "negative")):
+            shortcut = qt.QShortcut(slicer.util.mainWindow())
+            shortcut.setKey(qt.QKeySequence(key))
+            shortcut.connect("activated()", lambda role=role: self.onPlacePoint(role))
+            self._shortcuts.append(shortcut)
+
+    def _removeShortcuts(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self._shortcuts = []
+
+    def onOutputChanged(self, node) -> None:
+        self.ui.refineSegmentSelector.setCurrentNode(node)
+        self._updateQualityStrip()
+
+    def _refineTarget(self):
+        p = self._parameterNode
+        segmentId = self.ui.refineSegmentSelector.currentSegmentID()
+        if p is None or not p.inputVolume or not self.logic.can_refine(p.outputSegmentation, segmentId):
+            return None
+        return p.inputVolume, p.outputSegmentation, segmentId
+
+    def onPlacePoint(self, role: str) -> None:
+        node = self.logic.prompt_node(slicer.mrmlScene, role)
+        if not self.hasObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced):
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
+        self.logic.begin_placing(slicer.mrmlScene, node)
+
+    def onPlaceBox(self) -> None:
+        node = self.logic.prompt_node(slicer.mrmlScene, "box")
+        node.RemoveAllControlPoints()  # one box at a time
+        self.logic.begin_placing(slicer.mrmlScene, node, persistent=False)
+
+    def onClearPrompts(self) -> None:
+        self.logic.clear_visual_prompts(slicer.mrmlScene)
+
+    def onPointPlaced(self, caller, event) -> None:
+        target = self._refineTarget()
+        if target is None or not self.ui.clickUpdatesCheckBox.checked:
+            self.ui.statusLabel.text = _("Point placed; the next Segment uses it with the text.")
+            return
+        if self._job is not None:
+            self.ui.statusLabel.text = _("Busy: the point is used with the next click.")
+            return
+        roles = ("negative", "positive") if caller.GetAttribute("TextPromptSeg.PointLabel") == "1" else (
+            "positive", "negative")
+        nodes = [self.logic.prompt_node(slicer.mrmlScene, role) for role in roles]  # the clicked node last
+        volume, segmentation, segmentId = target
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("The click could not be applied."), waitCursor=True):
+            self._job = self.logic.start_point_update(
+                volume, segmentation, segmentId, nodes, model=p.model or None, device=p.device,
+                axis=self.logic.segment_axis(segmentation, segmentId, self._axis()))
+            self._startPolling(_("Updating from the click..."))
+
+    def onRefine(self) -> None:
+        target = self._refineTarget()
+        if target is None:
+            slicer.util.errorDisplay(_("Select the input volume and the segment to refine."))
+            return
+        volume, segmentation, segmentId = target
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Refinement failed to start."), waitCursor=True):
+            if not ensureDependencies():
+                return
+            axis = self.logic.segment_axis(segmentation, segmentId, self._axis())
+            sliceIndex = self.logic.sliceIndexFromRAS(volume, self._redSliceCenter(), axis)
+            self._job = self.logic.start_refine_from_slice(volume, segmentation, segmentId, sliceIndex,
+                                                           model=p.model or None, device=p.device, axis=axis)
+            self._startPolling(_("Refining from slice {index}...").format(index=sliceIndex))
+
+    def _updateQualityStrip(self, *args) -> None:
+        target = self._refineTarget()
+        chart = self.logic.quality_chart(target[1], target[2]) if target else None
+        self._plotViewNode = self.logic.quality_plot_view_node(slicer.mrmlScene, chart)
+        self.ui.qaPlotWidget.setMRMLPlotViewNode(self._plotViewNode)
+        index = self.logic.least_confident_slice(target[1], target[2]) if target else None
+        self.ui.leastConfidentButton.enabled = index is not None
+        self.ui.qaLabel.text = "" if index is None else _("Least confident slice: {index}").format(index=index)
+
+    def onQualityPointSelected(self, seriesIds, selections) -> None:
+        target = self._refineTarget()
+        if target is None or selections.GetNumberOfItems() == 0:
+            return
+        pointIds = selections.GetItemAsObject(0)
+        if pointIds.GetNumberOfValues():
+            self.logic.jump_to_slice(target[0], int(pointIds.GetValue(0)), target[1], target[2])
+
+    def onJumpLeastConfident(self) -> None:
+        target = self._refineTarget()
+        if target is not None:
+            self.logic.jump_to_least_confident_slice(*target)
 
 
 def resourcePath(relative: str) -> str:

@@ -31,6 +31,12 @@ def test_rerun_on_a_range_undo_and_hand_drawn_segment(env):
     check_rerun_undo_and_other_segments(env)
 
 
+def test_refine_from_a_corrected_slice_and_undo(env):
+    from TextPromptSegLogic.selftest import check_refine_from_slice_and_undo
+
+    check_refine_from_slice_and_undo(env)
+
+
 def test_cancel(env):
     from TextPromptSegLogic.selftest import check_cancel_leaves_segmentation_unchanged
 

@@ -121,6 +121,34 @@ def check_rerun_undo_and_other_segments(env: SelfTestEnvironment) -> None:
     assert np.array_equal(tl.segment_mask(segmentation, hand_id, volume), drawn)
 
 
+def check_refine_from_slice_and_undo(env: SelfTestEnvironment) -> None:
+    """Erase the right half of the segment on one slice (as the Segment Editor's eraser would) and refine from that
+    slice: the slice stays exactly as edited, nothing is re-encoded, and undo restores the edited segment bit for
+    bit."""
+    import slicer
+
+    import TextPromptSegLogic as tl
+    from TextPromptSegLogic.interactive import slice_geometry
+
+    volume = load_volume(env, SAMPLE, "STS_002")
+    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    outcome = env.logic.process(volume, segmentation, [PROMPT], device=env.device, start_slice=24)[0]
+    geometry = slice_geometry(volume)
+    frames = geometry.to_frames(tl.segment_mask(segmentation, outcome.segment_id, volume)).copy()
+    assert frames[24].any(), "the start slice has no segment to correct"
+    frames[24][:, frames.shape[2] // 2:] = False
+    edited = geometry.from_frames(frames)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        tl.mask_to_oriented_image(edited, volume), segmentation, outcome.segment_id,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    refined = env.logic.refine_from_slice(volume, segmentation, outcome.segment_id, 24, device=env.device)
+    after = geometry.to_frames(tl.segment_mask(segmentation, outcome.segment_id, volume))
+    assert np.array_equal(after[24], frames[24]), "the corrected slice must stay exactly as edited"
+    assert refined.encoded_slices == 0, f"refinement re-encoded {refined.encoded_slices} slices"
+    assert env.logic.undo(), "undo had nothing to restore"
+    assert np.array_equal(tl.segment_mask(segmentation, outcome.segment_id, volume), edited), "undo is not exact"
+
+
 def check_cancel_leaves_segmentation_unchanged(env: SelfTestEnvironment) -> None:
     """Cancel stops the run and the segmentation node keeps what it had."""
     from TextPromptSegLib.engine.progress import Cancelled
@@ -168,6 +196,8 @@ def run_all(env: SelfTestEnvironment, folder: Path, report: Optional[Any] = None
     scores = check_segment_bundled_sample(env)
     say("Re-run on a slice range, undo, hand-drawn segment untouched")
     check_rerun_undo_and_other_segments(env)
+    say("Refine from a corrected slice, then undo")
+    check_refine_from_slice_and_undo(env)
     say("Cancel leaves the segmentation unchanged")
     check_cancel_leaves_segmentation_unchanged(env)
     say("Saved .seg.nrrd keeps names, colours and prompts")

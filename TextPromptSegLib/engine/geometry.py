@@ -75,6 +75,32 @@ class SliceGeometry:
     def num_frames(self, shape_zyx) -> int:
         return int(shape_zyx[2 - self.slice_axis])
 
+    def voxel_to_frame(self, ijk, shape_zyx) -> tuple[float, float, float]:
+        """Continuous voxel index (i, j, k) (voxel centres at integers) -> (n, row, col) in frame space.
+
+        ``n`` is the index along the slicing axis (round it to pick the slice); row and col follow the same
+        transposition and flips as :meth:`to_frames`, so ``to_frames(a)[n, row, col] == a[k, j, i]``.
+        """
+        ijk = np.asarray(ijk, dtype=float)[:3]
+        dims = (shape_zyx[2], shape_zyx[1], shape_zyx[0])  # sizes along i, j, k
+        row, col = ijk[self.row_axis], ijk[self.col_axis]
+        if self.flip_rows:
+            row = dims[self.row_axis] - 1 - row
+        if self.flip_cols:
+            col = dims[self.col_axis] - 1 - col
+        return float(ijk[self.slice_axis]), float(row), float(col)
+
+    def frame_to_voxel(self, n: float, row: float, col: float, shape_zyx) -> np.ndarray:
+        """(n, row, col) in frame space -> continuous voxel index (i, j, k): the inverse of :meth:`voxel_to_frame`."""
+        dims = (shape_zyx[2], shape_zyx[1], shape_zyx[0])
+        if self.flip_rows:
+            row = dims[self.row_axis] - 1 - row
+        if self.flip_cols:
+            col = dims[self.col_axis] - 1 - col
+        ijk = np.zeros(3)
+        ijk[self.slice_axis], ijk[self.row_axis], ijk[self.col_axis] = n, row, col
+        return ijk
+
     def to_frames(self, array: np.ndarray) -> np.ndarray:
         """(z, y, x[, c]) -> (N, H, W[, c]) view (no copy)."""
         extra = tuple(range(3, array.ndim))

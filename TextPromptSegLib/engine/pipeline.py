@@ -7,6 +7,7 @@ boolean masks (z, y, x) on the input grid.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,14 +28,49 @@ PALETTE = ((0.90, 0.35, 0.25), (0.30, 0.70, 0.90), (0.95, 0.80, 0.25), (0.45, 0.
 
 @dataclass
 class SegmentRequest:
-    """One prompt = one segment. Visual prompts are in frame space of the slicing axis (slice index n):
-    ``mask_prompts`` {n: bool (H, W)} and ``point_prompts`` {n: ((row, col), ...), labels (1/0, ...)}."""
+    """One prompt = one segment. Visual prompts are in frame space of the slicing axis (slice index n; rows and
+    columns as :meth:`SliceGeometry.to_frames` lays them out, pixel centres at integers):
+    ``mask_prompts`` {n: bool (H, W)}, ``point_prompts`` {n: ((row, col), ...), labels (1 positive / 0 negative,
+    ...)} and ``box_prompts`` {n: (row0, col0, row1, col1)} (opposite corners, inclusive pixel positions). A box
+    and points on the same slice go to the model together (SAM-2: box corners with labels 2 and 3, then clicks)."""
 
     prompt: str
     name: Optional[str] = None
     color: Optional[tuple[float, float, float]] = None
     mask_prompts: Mapping[int, np.ndarray] = field(default_factory=dict)
     point_prompts: Mapping[int, tuple[Sequence[Sequence[float]], Sequence[int]]] = field(default_factory=dict)
+    box_prompts: Mapping[int, Sequence[float]] = field(default_factory=dict)
+
+
+def model_point_prompts(transform: FrameTransform,
+                        point_prompts: Mapping[int, tuple[Sequence[Sequence[float]], Sequence[int]]],
+                        box_prompts: Optional[Mapping[int, Sequence[float]]] = None) -> dict[int, dict[str, Any]]:
+    """Frame-space clicks and boxes -> the engine's {n: {"coords": (P, 2) model (x, y), "labels": (P,)}}.
+
+    A box becomes its top-left and bottom-right corners with labels 2 and 3 (SAM-2's box encoding), placed
+    before the clicks of the same slice.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for n in sorted({*point_prompts, *(box_prompts or {})}):
+        rows_cols: list[Sequence[float]] = []
+        labels: list[int] = []
+        if box_prompts and n in box_prompts:
+            r0, c0, r1, c1 = (float(v) for v in box_prompts[n])
+            rows_cols += [(min(r0, r1), min(c0, c1)), (max(r0, r1), max(c0, c1))]
+            labels += [2, 3]
+        if n in point_prompts:
+            points, point_labels = point_prompts[n]
+            if len(points) != len(point_labels):
+                raise ValueError(f"slice {n}: {len(points)} points but {len(point_labels)} labels")
+            bad = [v for v in point_labels if int(v) not in (0, 1)]
+            if bad:
+                raise ValueError(f"slice {n}: point labels must be 1 (positive) or 0 (negative), not {bad}")
+            rows_cols += [tuple(map(float, pt)) for pt in points]
+            labels += [int(v) for v in point_labels]
+        if rows_cols:
+            coords = transform.frame_points_to_model(np.asarray(rows_cols, float).reshape(-1, 2))
+            out[n] = {"coords": coords, "labels": labels}
+    return out
 
 
 @dataclass
@@ -144,14 +180,12 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
     results = []
     for i, request in enumerate(requests):
         masks = {n: transform.frame_mask_to_model(m) for n, m in request.mask_prompts.items()}
-        points = {n: {"coords": transform.frame_points_to_model(np.asarray(p[0], float)), "labels": list(p[1])}
-                  for n, p in request.point_prompts.items()}
+        points = model_point_prompts(transform, request.point_prompts, request.box_prompts)
         label = f"[{i + 1}/{len(requests)}] " if len(requests) > 1 else ""
 
         def relay(event, label=label):
             if progress is not None:
-                progress(type(event)(event.phase, event.done, event.total, event.slice_index, event.eta_seconds,
-                                     label + event.message))
+                progress(dataclasses.replace(event, message=label + event.message))
 
         result = session.propagate(request.prompt.strip(), start_index=start_slice, mask_prompts=masks,
                                    point_prompts=points, max_empty_run=max_empty_run, direction=direction,
@@ -170,3 +204,101 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
             propagation=result,
         ))
     return VolumeSegmentation(volume=volume, geometry=prepared.geometry, segments=results)
+
+
+@dataclass
+class RefineResult:
+    """What a refinement changed. Slices are indices along the slicing axis; masks are frame-space (H, W) bool.
+
+    changed: slices whose mask differs from the previous result, in the order they were decided (the corrected
+    slice first); frame_masks: their new masks (a drawn correction exactly as drawn); visited: every slice the
+    model ran on; propagation: the engine's new PropagationResult (the ``previous`` of the next refinement).
+    """
+
+    propagation: Any
+    changed: list[int]
+    frame_masks: dict[int, np.ndarray]
+    visited: list[int]
+
+    @property
+    def slice_scores(self) -> np.ndarray:
+        return self.propagation.scores
+
+
+def refine_volume(prepared: PreparedVolume, session, prompt: Optional[str], previous, slice_index: int, *,
+                  mask: Optional[np.ndarray] = None,
+                  points: Optional[tuple[Sequence[Sequence[float]], Sequence[int]]] = None,
+                  keep: Optional[Mapping[int, np.ndarray]] = None, unchanged_run: int = 3,
+                  unchanged_iou: float = 1.0, progress: Optional[ProgressCallback] = None,
+                  cancel: Optional[CancelToken] = None) -> RefineResult:
+    """Re-propagate one segment from a corrected slice, only as far as its masks change (no re-encoding).
+
+    prepared / session: the ones the previous result was computed with (its encoded features are reused).
+    previous: that segment's PropagationResult. mask: the corrected slice, (H, W) bool in frame space, kept
+    exactly; or points: ((row, col), ...), (1/0, ...) clicks on that slice, which correct its current mask.
+    keep: earlier corrections {slice: (H, W) bool}, kept exactly and used as conditioning slices.
+    unchanged_run / unchanged_iou: a direction stops after that many consecutive slices whose low-resolution
+    mask has at least that IoU with the previous one (those slices keep the previous result bit for bit).
+    Progress events of changed slices carry the slice's new (H, W) mask in ``event.mask`` (the first one arrives
+    as soon as the first neighbouring slice is decided). Raises ``Cancelled`` when cancelled.
+    """
+    transform = prepared.transform
+    if not 0 <= slice_index < len(prepared):
+        raise IndexError(f"slice {slice_index} is outside 0..{len(prepared) - 1}")
+    shape = prepared.frames.shape[1:3]
+    drawn = {int(n): np.asarray(m, bool) for n, m in (keep or {}).items() if int(n) != slice_index}
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != shape:
+            raise ValueError(f"the corrected slice mask is {mask.shape}, the slices are {shape}")
+        drawn[slice_index] = mask
+    model_points = None
+    if points is not None:
+        model_points = model_point_prompts(transform, {slice_index: points})[slice_index]
+    keep_model = {n: transform.frame_mask_to_model(m) for n, m in drawn.items() if n != slice_index}
+
+    def relay(event) -> None:
+        if progress is None:
+            return
+        frame_mask = None
+        if event.mask is not None:
+            frame_mask = drawn.get(event.slice_index)
+            if frame_mask is None:
+                frame_mask = transform.logits_to_frame(event.mask[None])[0]
+        progress(dataclasses.replace(event, phase="refine", mask=frame_mask))
+
+    result = session.refine(prompt, previous, slice_index,
+                            mask=transform.frame_mask_to_model(mask) if mask is not None else None,
+                            points=model_points, keep=keep_model, unchanged_run=unchanged_run,
+                            unchanged_iou=unchanged_iou, progress=relay, cancel=cancel)
+    changed = list(result.extra["changed"])
+    if mask is not None and slice_index not in changed:
+        changed.insert(0, slice_index)  # the drawn slice is written exactly even where the model agreed
+    frame_masks = {}
+    for n in changed:
+        frame_masks[n] = drawn[n] if n in drawn else transform.logits_to_frame(result.logits[n : n + 1])[0]
+    return RefineResult(propagation=result, changed=changed, frame_masks=frame_masks, visited=list(result.order))
+
+
+def result_from_masks(prepared: PreparedVolume, frame_masks: np.ndarray):
+    """A PropagationResult standing for existing masks (N, H, W) bool on the frame grid (for example a segment
+    loaded from a saved scene), so that it can be refined: logits at S/4 from the masks' area fraction (+-10),
+    scores +10 where a slice has voxels and -10 where not, anchored on the slice with the largest area."""
+    import torch
+    import torch.nn.functional as F
+
+    from .propagation import PropagationResult
+
+    frame_masks = np.asarray(frame_masks, bool)
+    if frame_masks.shape != prepared.frames.shape[:3]:
+        raise ValueError(f"masks are {frame_masks.shape}, the frames {prepared.frames.shape[:3]}")
+    size = prepared.transform.image_size
+    logits = torch.empty((len(frame_masks), size // 4, size // 4), dtype=torch.float16)
+    for start in range(0, len(frame_masks), 16):
+        chunk = np.stack([prepared.transform.frame_mask_to_model(m) for m in frame_masks[start : start + 16]])
+        fraction = F.avg_pool2d(torch.from_numpy(chunk)[:, None].float(), 4)[:, 0]
+        logits[start : start + 16] = ((fraction - 0.5) * 20.0).to(torch.float16)
+    areas = frame_masks.reshape(len(frame_masks), -1).sum(1)
+    scores = np.where(areas > 0, 10.0, -10.0).astype(np.float32)
+    return PropagationResult(logits=logits, scores=scores, order=list(range(len(frame_masks))),
+                             start_index=int(np.argmax(areas)), image_size=size)

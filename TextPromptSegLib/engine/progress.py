@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 
 class Cancelled(Exception):
@@ -33,7 +33,11 @@ class CancelToken:
 @dataclass(frozen=True)
 class ProgressEvent:
     """One step of work: ``phase`` ("encode", "locate", "propagate", "write"), ``done`` of ``total`` steps,
-    the slice just finished (``slice_index``, or -1), the estimated seconds left, and a human-readable line."""
+    the slice just finished (``slice_index``, or -1), the estimated seconds left, and a human-readable line.
+
+    ``mask`` is set only when a refinement changed that slice, so a GUI can draw it at once: from
+    ``Session.propagate`` it is the slice's low-resolution logits (S/4, S/4) float16 torch tensor; the pipeline
+    (``refine_volume``) relays it as the (H, W) bool numpy mask on the frame grid of the slicing axis."""
 
     phase: str
     done: int
@@ -41,6 +45,7 @@ class ProgressEvent:
     slice_index: int = -1
     eta_seconds: Optional[float] = None
     message: str = ""
+    mask: Any = field(default=None, compare=False, repr=False)
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -54,7 +59,7 @@ class ProgressTracker:
         self.done = 0
         self._start = time.perf_counter()
 
-    def step(self, slice_index: int = -1, count: int = 1) -> None:
+    def step(self, slice_index: int = -1, count: int = 1, mask: Any = None) -> None:
         self.done += count
         if self.callback is None:
             return
@@ -62,4 +67,4 @@ class ProgressTracker:
         eta = elapsed / self.done * (self.total - self.done) if self.done else None
         where = f", slice {slice_index}" if slice_index >= 0 else ""
         message = f"{self.label}{self.phase} {self.done}/{self.total}{where}"
-        self.callback(ProgressEvent(self.phase, self.done, self.total, slice_index, eta, message))
+        self.callback(ProgressEvent(self.phase, self.done, self.total, slice_index, eta, message, mask))

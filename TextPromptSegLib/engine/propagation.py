@@ -273,15 +273,18 @@ class Session:
             mask_input = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)[None, None].float()
             if mask_input.shape[-1] != size:
                 mask_input = F.interpolate(mask_input, size=(size, size), mode="nearest")
-        point_inputs = None
+        point_inputs = previous_logits = None
         if points is not None:
             point_inputs = {
                 "point_coords": torch.as_tensor(points["coords"], dtype=torch.float32, device=self.device)[None],
                 "point_labels": torch.as_tensor(points["labels"], dtype=torch.int32, device=self.device)[None],
             }
+            if points.get("mask_logits") is not None:  # the frame's current mask as SAM's dense prompt
+                previous_logits = torch.as_tensor(points["mask_logits"], device=self.device).float()
+                previous_logits = previous_logits.nan_to_num(neginf=-32.0, posinf=32.0).clamp(-32.0, 32.0)[None, None]
         with self.model.text_context(text), self._autocast():
             out = self.model.track_step(index, cond, feats, pos, sizes, point_inputs, mask_input, output_dict,
-                                        len(self), track_in_reverse=reverse)
+                                        len(self), track_in_reverse=reverse, prev_sam_mask_logits=previous_logits)
         # keep only what the memory bank needs
         return {k: out[k] for k in ("maskmem_features", "maskmem_pos_enc", "pred_masks", "obj_ptr",
                                     "object_score_logits")}
@@ -307,8 +310,8 @@ class Session:
     def propagate(self, prompt: Optional[str], start_index: Optional[int] = None, direction: str = "both",
                   mask_prompts: Optional[Mapping[int, np.ndarray]] = None,
                   point_prompts: Optional[Mapping[int, dict]] = None, max_empty_run: Optional[int] = None,
-                  stop_when_unchanged: Optional[tuple[PropagationResult, int]] = None,
-                  frame_range: Optional[tuple[int, int]] = None,
+                  stop_when_unchanged: Optional[tuple[PropagationResult, int]] = None, unchanged_iou: float = 1.0,
+                  anchors: Sequence[int] = (), frame_range: Optional[tuple[int, int]] = None,
                   progress: Optional[ProgressCallback] = None,
                   cancel: Optional[CancelToken] = None) -> PropagationResult:
         """Segment every frame (of ``frame_range``) for one prompt.
@@ -317,10 +320,17 @@ class Session:
         start_index: the conditioning frame; None picks it with :meth:`locate` (or the first prompted frame).
         direction: "both", "forward" or "backward" from the start frame.
         mask_prompts: {frame: bool (S, S) at model resolution} used as conditioning frames (kept exactly).
-        point_prompts: {frame: {"coords": (P, 2) model-space (x, y) pixels, "labels": (P,) 1/0}}.
+        point_prompts: {frame: {"coords": (P, 2) model-space (x, y) pixels, "labels": (P,) 1 positive, 0 negative,
+            2 / 3 box top-left / bottom-right corner (SAM-2's box encoding; box corners come first), and optionally
+            "mask_logits": (S/4, S/4) the frame's current low-resolution logits, given to SAM-2's decoder as the
+            dense prompt (a click that corrects an existing mask)}}.
         max_empty_run: stop a direction after this many consecutive frames without the object.
-        stop_when_unchanged: (previous result, n): stop a direction once n consecutive frames equal the previous
-            result's masks (refinement); frames not reached keep the previous result.
+        stop_when_unchanged: (previous result, n): stop a direction once n consecutive frames match the previous
+            result's masks (refinement). A frame matches when the IoU of its low-resolution masks is at least
+            ``unchanged_iou`` (1.0: identical; two empty masks match); a matching frame keeps the previous logits and
+            score bit for bit, and frames not reached keep the previous result. Progress events of frames that did
+            change carry their new low-resolution logits in ``ProgressEvent.mask``. ``anchors``: mask-prompted
+            frames whose mask was taken from the previous result itself; they keep its logits and score.
         frame_range: (first, last) frames, inclusive, to segment; frames outside stay empty (default: all).
         Raises :class:`~.progress.Cancelled` when ``cancel`` is set (checked before every frame).
         """
@@ -349,17 +359,31 @@ class Session:
         scores = np.full(n, -np.inf, np.float32)
         order: list[int] = []
         output_dict: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        cond_frames = sorted({start_index, *mask_prompts, *point_prompts})
+        # the start frame first (it is the one the user is waiting for); conditioning frames see no memory, so
+        # their order does not change any result
+        cond_frames = [start_index, *sorted({*mask_prompts, *point_prompts} - {start_index})]
         forward = direction in ("both", "forward")
         backward = direction in ("both", "backward")
         todo = len(cond_frames) + (last - start_index if forward else 0) + (start_index - first if backward else 0)
         tracker = ProgressTracker(progress, "propagate", todo)
 
-        def record(index: int, out: dict) -> None:
+        previous = stop_when_unchanged[0] if stop_when_unchanged is not None else None
+
+        def record(index: int, out: dict) -> bool:
+            """Store one frame's output; True when it matches the previous result (refinement only)."""
             logits[index] = out["pred_masks"][0, 0].float().cpu().to(torch.float16)
             scores[index] = float(out["object_score_logits"].float().max())
             order.append(index)
-            tracker.step(index)
+            if previous is None:
+                tracker.step(index)
+                return False
+            if index in anchors or masks_match(logits[index], previous.logits[index], unchanged_iou):
+                logits[index] = previous.logits[index]
+                scores[index] = previous.scores[index]
+                tracker.step(index)
+                return True
+            tracker.step(index, mask=logits[index].clone())
+            return False
 
         with torch.inference_mode():
             for index in cond_frames:
@@ -380,39 +404,70 @@ class Session:
                         continue  # a prompted frame keeps its own result
                     out = self._step(index, False, text, output_dict, reverse=reverse)
                     output_dict["non_cond_frame_outputs"][index] = out
-                    record(index, out)
+                    same = record(index, out)
                     empty_run = empty_run + 1 if scores[index] <= 0 else 0
                     if max_empty_run is not None and empty_run >= max_empty_run:
                         log.info("stopping %s at frame %d after %d empty frames",
                                  "backward" if reverse else "forward", index, empty_run)
                         break
                     if stop_when_unchanged is not None:
-                        previous, needed = stop_when_unchanged
-                        same = torch.equal(logits[index].float() > 0, previous.logits[index].float() > 0)
                         same_run = same_run + 1 if same else 0
-                        if same_run >= needed:
+                        if same_run >= stop_when_unchanged[1]:
                             break
-        if stop_when_unchanged is not None:  # frames not revisited keep the previous result
-            previous = stop_when_unchanged[0]
-            untouched = torch.isinf(logits[:, 0, 0]) & (logits[:, 0, 0] < 0)
+        if previous is not None:  # frames not revisited keep the previous result
+            untouched = torch.ones(n, dtype=torch.bool)
+            untouched[order] = False
             logits[untouched] = previous.logits[untouched]
             scores[untouched.numpy()] = previous.scores[untouched.numpy()]
         return PropagationResult(logits=logits, scores=scores, order=order, start_index=start_index, image_size=size)
 
-    def refine(self, prompt: Optional[str], previous: PropagationResult, frame: int, mask: np.ndarray,
-               unchanged_run: int = 3, progress: Optional[ProgressCallback] = None,
+    def refine(self, prompt: Optional[str], previous: PropagationResult, frame: int,
+               mask: Optional[np.ndarray] = None, points: Optional[dict] = None,
+               keep: Optional[Mapping[int, np.ndarray]] = None, unchanged_run: int = 3, unchanged_iou: float = 1.0,
+               keep_anchor: bool = False, progress: Optional[ProgressCallback] = None,
                cancel: Optional[CancelToken] = None) -> PropagationResult:
         """Re-propagate from a corrected frame in both directions, only as far as the result changes.
 
-        The corrected frame becomes a conditioning frame whose mask is kept exactly; each direction stops once
-        ``unchanged_run`` consecutive frames equal ``previous``. Encoded features are reused (no re-encoding).
+        Give either ``mask`` (bool (S, S) at model resolution: the user's corrected frame, a conditioning frame
+        kept exactly) or ``points`` ({"coords": (P, 2) model-space (x, y), "labels": (P,)}: clicks on ``frame``;
+        the frame's previous logits go with them as SAM-2's dense prompt, so a positive click adds to the current
+        mask and a negative one removes from it). ``keep``: earlier corrections {frame: bool (S, S)}, conditioning
+        frames kept exactly. Each direction stops once ``unchanged_run`` consecutive frames match ``previous`` (see
+        :meth:`propagate`); frames not revisited keep the previous result bit for bit. Encoded features are reused
+        (no re-encoding). ``result.extra["changed"]`` lists the frames whose mask differs from ``previous``.
+
+        ``keep_anchor``: also condition on the previous run's start frame (its own mask). Off by default: that
+        frame is the model's guess, not the user's, and where the user's correction contradicts it the two
+        conditioning frames pull the slices between them both ways; far slices are kept by the stopping rule.
         """
-        prompts = {frame: mask}
+        if (mask is None) == (points is None):
+            raise ValueError("give the corrected frame's mask or its points, not both")
+        if not 0 <= frame < len(self):
+            raise IndexError(f"corrected frame {frame} is outside 0..{len(self) - 1}")
+        prompts = {k: v for k, v in (keep or {}).items() if k != frame}
+        clicks = {}
+        if mask is not None:
+            prompts[frame] = mask
+        else:
+            clicks[frame] = {"coords": points["coords"], "labels": points["labels"],
+                             "mask_logits": previous.logits[frame].float()}
         prev_start = previous.start_index
-        if prev_start != frame and previous.scores[prev_start] > 0:
+        anchors = []
+        if keep_anchor and prev_start != frame and prev_start not in prompts and previous.scores[prev_start] > 0:
             prompts[prev_start] = previous.mask(prev_start).numpy()  # keep the original anchor
-        result = self.propagate(prompt, start_index=frame, mask_prompts=prompts,
-                                stop_when_unchanged=(previous, unchanged_run), progress=progress, cancel=cancel)
+            anchors.append(prev_start)
+        result = self.propagate(prompt, start_index=frame, mask_prompts=prompts, point_prompts=clicks,
+                                stop_when_unchanged=(previous, unchanged_run), unchanged_iou=unchanged_iou,
+                                anchors=anchors, progress=progress, cancel=cancel)
         result.extra["changed"] = [i for i in result.order
                                    if not torch.equal(result.logits[i] > 0, previous.logits[i] > 0)]
         return result
+
+
+def masks_match(new: torch.Tensor, old: torch.Tensor, min_iou: float = 1.0) -> bool:
+    """Whether two low-resolution logit maps give the same mask: IoU >= ``min_iou`` (two empty masks match)."""
+    a, b = new.float() > 0, old.float() > 0
+    if min_iou >= 1.0:
+        return bool(torch.equal(a, b))
+    union = int((a | b).sum())
+    return union == 0 or int((a & b).sum()) / union >= min_iou

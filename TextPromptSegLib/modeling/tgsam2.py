@@ -351,12 +351,13 @@ class TGSAM2(SAM2Base):
     def step(self, frame_idx: int, is_init_cond_frame: bool, feats: list[Tensor], pos: list[Tensor], sizes: list,
              output_dict: dict, num_frames: int, point_inputs: Optional[dict] = None,
              mask_inputs: Optional[Tensor] = None, track_in_reverse: bool = False,
-             run_mem_encoder: bool = True) -> dict[str, Any]:
+             run_mem_encoder: bool = True, prev_sam_mask_logits: Optional[Tensor] = None) -> dict[str, Any]:
         """One tracking step like ``SAM2Base.track_step`` that also returns ``ious`` and ``object_score_logits``
-        in training mode. Call inside :meth:`text_context`."""
+        in training mode. ``prev_sam_mask_logits`` (B, 1, S/4, S/4): the frame's current mask logits, SAM-2's
+        dense prompt for corrective clicks (needs ``point_inputs``). Call inside :meth:`text_context`."""
         current_out, sam_outputs, _, _ = self._track_step(
             frame_idx, is_init_cond_frame, feats, pos, sizes, point_inputs, mask_inputs, output_dict, num_frames,
-            track_in_reverse, None,
+            track_in_reverse, prev_sam_mask_logits,
         )
         _, _, ious, low_res, high_res, obj_ptr, object_score_logits = sam_outputs
         current_out.update(pred_masks=low_res, pred_masks_high_res=high_res, obj_ptr=obj_ptr, ious=ious,
@@ -366,12 +367,14 @@ class TGSAM2(SAM2Base):
         return current_out
 
     def forward_sequence(self, images: Tensor, text: Optional[TextFeatures], mask_prompt: Optional[Tensor] = None,
-                         point_prompt: Optional[dict] = None, use_memory: bool = True) -> dict[str, Tensor]:
+                         point_prompt: Optional[dict] = None, use_memory: bool = True,
+                         prev_mask_logits: Optional[Tensor] = None) -> dict[str, Tensor]:
         """Differentiable clip forward (training and tests).
 
         images: (B, T, 3, S, S) in [0, 1]; text: batch B (or 1); frame 0 is the conditioning frame and may carry a
         mask prompt (B, 1, S, S) and/or point prompt {"point_coords": (B, P, 2) pixels (x, y), "point_labels":
-        (B, P)}. ``use_memory=False`` treats every frame as an independent first frame (ablation).
+        (B, P)}; with points, ``prev_mask_logits`` (B, 1, S/4, S/4) is the frame's current mask (corrective clicks).
+        ``use_memory=False`` treats every frame as an independent first frame (ablation).
         Returns ``mask_logits`` (B, T, 1, S, S), ``object_score_logits`` (B, T, 1), ``ious`` (B, T, M).
         """
         b, t = images.shape[:2]
@@ -389,7 +392,8 @@ class TGSAM2(SAM2Base):
                 memory = output_dict if use_memory else {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
                 out = self.step(i if use_memory else 0, first or not use_memory, feats, pos, sizes, memory, t,
                                 point_inputs=point_prompt if first else None,
-                                mask_inputs=mask_prompt if first else None, run_mem_encoder=use_memory)
+                                mask_inputs=mask_prompt if first else None, run_mem_encoder=use_memory,
+                                prev_sam_mask_logits=prev_mask_logits if first else None)
                 if use_memory:
                     output_dict["cond_frame_outputs" if first else "non_cond_frame_outputs"][i] = out
                 logits.append(out["pred_masks_high_res"])
