@@ -55,10 +55,10 @@ def test_cli_segments_with_the_bundled_tpp_and_the_tpp_sam2_pipeline(la_val_volu
         code = main(["segment", str(volume), "-p", "the left atrium", "-o", str(out), "--device", "cpu", *args])
         assert code == 0, capsys.readouterr().err
         segmentation = read_seg_nrrd(make_scene(), out).GetSegmentation()
-        assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetNthSegment(0).GetName() == "Left atrium"
+        assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetNthSegment(0).GetName() == "the left atrium"
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
         assert mask.shape == truth.shape
         dice[label] = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
     print({k: round(float(v), 3) for k, v in dice.items()})
-    assert dice["tpp"] > 0.5  # a held-out case: the trained TPP finds and outlines the atrium
-    assert dice["pipeline"] > 0.3
+    assert dice["tpp"] > 0.7  # a held-out case: the trained TPP finds and outlines the atrium (0.85 measured)
+    assert dice["pipeline"] > 0.7  # TPP's start-slice mask -> TGSAM-2 medium (0.90 measured)

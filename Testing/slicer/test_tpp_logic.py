@@ -84,3 +84,28 @@ def test_logic_segments_a_real_volume_with_a_tpp_checkpoint_and_a_three_prompt_l
     plain = tl.TextPromptSegLogic.describe_prompts(LINE, "tgsam2-medium")
     assert plain[0].endswith("Left atrium (name); ';' separates TPP prompts: this model reads the whole line as "
                              "one text")
+
+
+def test_logic_runs_the_bundled_tpp_by_its_registry_name(mrml, shared_data):
+    """The panel's model menu lists registry names: the Logic's own loader (no injected model) runs the bundled
+    TPP ``tpp-small-la`` on a held-out LA2018 volume, and the echo shows the prompts TPP reads."""
+    import TextPromptSegLogic as tl
+
+    from TextPromptSegLib.registry import entries
+    from TextPromptSegLib.training.data import default_splits
+
+    assert entries()["tpp-small-la"].kind == "tpp"
+    case = shared_data / "la2018" / "train" / default_splits(shared_data)["la2018"]["val"][1]
+    image, label = (sitk.GetArrayFromImage(sitk.ReadImage(str(case / f))) for f in ("image.nii.gz", "label.nii.gz"))
+    z = np.flatnonzero(label.reshape(len(label), -1).any(1))
+    mid = int(z[len(z) // 2])
+    volume_node = _volume_node(mrml, image[mid - 4:mid + 4].copy())
+    seg_node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    logic = tl.TextPromptSegLogic()
+    (outcome,) = logic.process(volume_node, seg_node, [LINE], model="tpp-small-la", device="cpu", timeout=300)
+    logic.shutdown()
+    voxels = _segment_voxels(mrml, seg_node, outcome.segment_id, volume_node)
+    truth = label[mid - 4:mid + 4] > 0
+    assert 2 * (voxels & truth).sum() / (voxels.sum() + truth.sum()) > 0.75  # held-out atrium, 3 prompts (0.91)
+    echo = tl.TextPromptSegLogic.describe_prompts(LINE, "tpp-small-la")
+    assert "TPP reads 3 prompt(s) (as typed)" in echo[0]

@@ -45,7 +45,15 @@ def cmd_evaluate(args) -> int:
     cases = shared_eval_cases(Path(args.data), args.split, args.structure or ["left atrium", "sarcoma"])
     if args.limit:
         cases = cases[: args.limit]
-    report = write_report(evaluate_cases(model, cases, device=args.device), Path(args.out))
+    if args.first_mask_model:  # the TPP -> SAM-2 pipeline: TPP's start-slice mask prompts the --model's propagation
+        from ..engine.tpp_engine import make_propagator
+
+        first = load_model(args.first_mask_model, device=args.device or "cpu")
+        propagator = make_propagator(model, args.device or "cpu", first_mask_model=first)
+        scores = evaluate_cases(None, cases, device=args.device, propagator=propagator)
+    else:
+        scores = evaluate_cases(model, cases, device=args.device)
+    report = write_report(scores, Path(args.out))
     print(report.read_text(encoding="utf-8"))
     return 0
 
@@ -230,6 +238,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--structure", action="append", default=None,
                     choices=("left atrium", "sarcoma", "necrosis", "edema", "enhancing tumour", "whole tumour"))
     ev.add_argument("--limit", type=int, help="evaluate at most this many cases")
+    ev.add_argument("--first-mask-model", help="a TPP whose start-slice mask prompts --model (TPP -> SAM-2)")
     ev.add_argument("--out", default="evaluation")
     ev.add_argument("--device")
     ev.set_defaults(func=cmd_evaluate, structure=None)
