@@ -21,6 +21,7 @@ PROMPT = "the bright disc"
 HELD_OUT = (9001, 9002, 9003, 9004, 9005)  # sequences no training step saw (training seeds are 1100000 + step)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rgb", [False, True], ids=["ultrasound", "endoscopy"])
 def test_held_out_sequences_are_segmented_frame_by_frame(sequence_model, rgb):
     scores, frames_with_object = [], []
@@ -36,6 +37,7 @@ def test_held_out_sequences_are_segmented_frame_by_frame(sequence_model, rgb):
     assert frames_with_object == [12] * len(HELD_OUT)  # the disc is found in every frame
 
 
+@pytest.mark.slow
 def test_a_correction_on_one_frame_propagates(sequence_model):
     """The disc moves on behind a shadow where only the memory can place it: the first pass lags behind it more
     and more. Drawing the true disc on one shadowed frame moves the neighbouring frames toward it."""
