@@ -130,6 +130,10 @@ def test_sequence_node_gives_a_segmentation_sequence(env, sequence_model, rgb):
 
             shown = item_mask(seg_proxy, run.segment_ids[PROMPT], run.source.frame_nodes[t])[0]
             assert np.array_equal(shown, masks[t])
+    # a re-run of the same prompt updates the same segmentation sequence and segment
+    again = _run(logic, proxy, env, start_frame=0)
+    assert again.output_node is output and again.segment_ids == run.segment_ids
+    assert output.GetNthDataNode(0).GetSegmentation().GetNumberOfSegments() == 1
     print(f"{'RGB' if rgb else 'grey'} Slicer sequences: Dice {np.round(scores, 3)}")
     assert np.mean(scores) >= 0.85
     logic.shutdown()
