@@ -105,7 +105,7 @@ def _is_tpp(model) -> bool:
 def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-3, fade_after: int | None = None,
           both_objects: bool = True, fade_contrast: float = 0.04, final_lr: float | None = None, *,
           clip: Optional[Callable[[np.random.Generator], dict[str, Any]]] = None, mask_prompt_prob: float = 0.0,
-          visual_prob: float = 0.0,
+          visual_prob: float = 0.0, trainable: Optional[Callable[[str], bool]] = None,
           max_grad_norm: Optional[float] = None, lr_at: Optional[Callable[[int], float]] = None,
           progress: Optional[Callable[[int, float], None]] = None) -> list[float]:
     """Train all but the frozen text encoder on text prompts; returns the loss curve.
@@ -119,7 +119,7 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
     ``fade_after`` / ``fade_contrast``. mask_prompt_prob: the share of steps whose first frame also gets the
     target mask as a mask prompt (trains tracking from a drawn mask, as refinement uses it). visual_prob: the
     share of steps with no text at all, only that mask prompt (plain SAM-2 tracking: which object, and where it is,
-    must come from the memory).
+    must come from the memory). trainable(name): which parameters to train (default: all but the text encoder).
     max_grad_norm: clip the gradient norm (and skip a step whose loss or gradient is not finite).
     lr_at(step): the learning rate of each step (default ``lr`` throughout).
     progress(step, loss) is called after every step.
@@ -128,7 +128,8 @@ def train(model, steps: int, batch: int, frames: int, seed: int, lr: float = 2e-
 
     tpp_objective = clip_objective(model) if _is_tpp(model) else None
     size = model.image_size
-    params = [p for n, p in model.named_parameters() if not n.startswith("text_encoder.")]
+    params = [p for n, p in model.named_parameters()
+              if not n.startswith("text_encoder.") and (trainable is None or trainable(n))]
     opt = torch.optim.Adam(params, lr=lr)
     schedule = None
     if final_lr is not None:
@@ -215,15 +216,17 @@ def moving_object_sequence(seed: int, frames: int = 12, size: int = 128, rgb: bo
     return frames_array(images[0], rgb=rgb), discs[0].numpy()
 
 
-# The correction scenario of the 2D+t tests: the disc moves steadily and fades behind an "acoustic shadow" for a
-# stretch of frames, where the first pass loses it; the user draws it on one shadowed frame.
-SHADOW = tuple(range(5, 12))
-CORRECTION_FRAME = 8
+# The correction scenario of the 2D+t tests: the disc drifts steadily and, from frame 4 on, is hidden by an
+# "acoustic shadow" (contrast 0); the first pass can only carry it on from memory, so its masks lag further and
+# further behind; the user draws the true disc on one shadowed frame.
+SHADOW = tuple(range(4, 15))
+CORRECTION_FRAME = 10
+SHADOW_SEEDS = (4242, 501, 502, 503, 504, 505)
 
 
-def shadowed_sequence(seed: int = 4242, frames: int = 15) -> tuple[np.ndarray, np.ndarray]:
-    """A grey sequence whose disc moves at least 3 % of the frame per step and is invisible (contrast 0) on the
-    ``SHADOW`` frames: uint8 frames (T, S, S) and the disc's true masks (T, S, S)."""
-    images, discs, _ = make_sequences(1, frames, 128, seed, faded=SHADOW, fade_contrast=0.0, speed=0.03,
-                                      min_speed=0.03)
+def shadowed_sequence(seed: int = SHADOW_SEEDS[0], frames: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """A grey sequence whose disc moves 1.5 % of the frame per step (at least) and is invisible on the ``SHADOW``
+    frames: uint8 frames (T, S, S) and the disc's true masks (T, S, S)."""
+    images, discs, _ = make_sequences(1, frames, 128, seed, faded=SHADOW, fade_contrast=0.0, speed=0.015,
+                                      min_speed=0.015)
     return frames_array(images[0]), discs[0].numpy()

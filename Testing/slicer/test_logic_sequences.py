@@ -16,7 +16,7 @@ import vtk
 from vtkmodules.util import numpy_support
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-from synthetic import CORRECTION_FRAME, dice, moving_object_sequence, shadowed_sequence  # noqa: E402
+from synthetic import CORRECTION_FRAME, SHADOW_SEEDS, dice, moving_object_sequence, shadowed_sequence  # noqa: E402
 
 from TextPromptSegLib.engine.progress import Cancelled  # noqa: E402
 
@@ -37,14 +37,14 @@ def env(mrml):
     return mrml
 
 
-def _ijk_to_ras() -> np.ndarray:
+def _ijk_to_ras(spacing=(0.25, 0.3)) -> np.ndarray:
     m = np.eye(4)
-    m[:3, :3] = np.diag([-0.25, 0.3, 1.0])  # flipped columns, anisotropic pixels, like many ultrasound frames
+    m[:3, :3] = np.diag([-spacing[0], spacing[1], 1.0])  # flipped columns (anisotropic pixels by default)
     m[:3, 3] = (40.0, -12.0, 7.0)
     return m
 
 
-def _frame_node(frame: np.ndarray):
+def _frame_node(frame: np.ndarray, spacing=(0.25, 0.3)):
     """A single-slice scalar (grey) or vector (RGB) volume node holding ``frame`` (H, W[, 3])."""
     import slicer
 
@@ -58,19 +58,19 @@ def _frame_node(frame: np.ndarray):
     matrix = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
-            matrix.SetElement(r, c, _ijk_to_ras()[r, c])
+            matrix.SetElement(r, c, _ijk_to_ras(spacing)[r, c])
     node.SetIJKToRASMatrix(matrix)
     return node
 
 
-def _recording(env, frames: np.ndarray, name: str = "US"):
+def _recording(env, frames: np.ndarray, name: str = "US", spacing=(0.25, 0.3)):
     """A sequence of frame volume nodes (index: time in s) played by a browser, as a loaded recording is."""
     scene = env.scene
     sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
     sequence.SetIndexName("time")
     sequence.SetIndexUnit("s")
     for t, frame in enumerate(frames):
-        sequence.SetDataNodeAtValue(_frame_node(frame), f"{0.04 * t:.2f}")
+        sequence.SetDataNodeAtValue(_frame_node(frame, spacing), f"{0.04 * t:.2f}")
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", name + " browser")
     browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
     env.sequences.UpdateProxyNodesFromSequences(browser)
@@ -130,22 +130,25 @@ def test_sequence_node_gives_a_segmentation_sequence(env, sequence_model, rgb):
 
             shown = item_mask(seg_proxy, run.segment_ids[PROMPT], run.source.frame_nodes[t])[0]
             assert np.array_equal(shown, masks[t])
+    # a re-run of the same prompt updates the same segmentation sequence and segment
+    again = _run(logic, proxy, env, start_frame=0)
+    assert again.output_node is output and again.segment_ids == run.segment_ids
+    assert output.GetNthDataNode(0).GetSegmentation().GetNumberOfSegments() == 1
     print(f"{'RGB' if rgb else 'grey'} Slicer sequences: Dice {np.round(scores, 3)}")
     assert np.mean(scores) >= 0.85
     logic.shutdown()
 
 
-def test_correction_on_the_proxy_propagates_and_undo_restores(env, sequence_model):
+def _correct_and_refine(env, logic, seed):
+    """Segment a shadowed recording in MRML, paint the true disc into the proxy on the correction frame (as the
+    Segment Editor would), refine from it; returns (run, truth, masks before, masks after, refinement)."""
     import slicer
     import TextPromptSegLogic as tl
 
-    logic = tl.TextPromptSegLogic(model_loader=lambda name, device: sequence_model)
-    frames, truth = shadowed_sequence()
-    sequence, browser = _recording(env, frames)
+    frames, truth = shadowed_sequence(seed)
+    sequence, browser = _recording(env, frames, f"US{seed}", spacing=(0.3, 0.3))  # square pixels, as in the lib test
     run = _run(logic, sequence, env)
     before = _item_masks(run)
-
-    # the user goes to the frame, fixes it with the Segment Editor (here: paints the true disc into the proxy)
     k = CORRECTION_FRAME
     browser.SetSelectedItemNumber(k)
     env.sequences.UpdateProxyNodesFromSequences(browser)
@@ -153,35 +156,53 @@ def test_correction_on_the_proxy_propagates_and_undo_restores(env, sequence_mode
     drawn = tl.mask_to_oriented_image(truth[k][None], run.source.frame_nodes[k])
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         drawn, proxy, run.segment_ids[PROMPT], slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    job = run.refine()  # the browser's current frame, the run's only prompt
+    assert job.done.wait(300)
+    refinement = job.finish()
+    return run, truth, before, _item_masks(run), refinement
 
+
+def test_correction_on_the_proxy_propagates_and_undo_restores(env, sequence_model):
+    import TextPromptSegLogic as tl
+
+    from TextPromptSegLib.engine.sequence import segment_sequence
+    from TextPromptSegLib.io.volumes import sequence_from_array
+
+    logic = tl.TextPromptSegLogic(model_loader=lambda name, device: sequence_model)
+    k = CORRECTION_FRAME
+    gains = []
+    for seed in SHADOW_SEEDS[:3]:
+        run, truth, before, after, refinement = _correct_and_refine(env, logic, seed)
+        assert np.array_equal(after[k], truth[k])  # the corrected frame exactly as drawn
+        # MRML holds exactly what the engine computes for the same frames (same pixel size) and correction
+        frames = sequence_from_array(shadowed_sequence(seed)[0], spacing=(0.3, 0.3))
+        result, interactive = segment_sequence(frames, [PROMPT], sequence_model)
+        assert np.array_equal(before, interactive.frame_masks(result.segments[0]))
+        expected = interactive.refine(result.segments[0], k, truth[k])
+        assert np.array_equal(after, interactive.frame_masks(expected.segment))
+        assert refinement.changed == expected.changed
+        untouched = [t for t in range(len(truth)) if t not in refinement.visited]
+        assert all(np.array_equal(after[t], before[t]) for t in untouched)
+        neighbours = [k - 2, k - 1, k + 1, k + 2]
+        gains.append(np.mean([dice(after[j][None], truth[j][None]) - dice(before[j][None], truth[j][None])
+                              for j in neighbours]))
+    print(f"Slicer refinement: neighbours' Dice gain per recording {np.round(gains, 3)}")
+    assert np.mean(gains) > 0.03
+
+    # cancel: nothing changes; undo: the refinement, then the segmentation, bit for bit
     cancelled = run.refine()
     cancelled.cancel.cancel()
     assert cancelled.done.wait(300)
     with pytest.raises(Cancelled):
         cancelled.finish()
-    unchanged = _item_masks(run)
-    assert np.array_equal(np.delete(unchanged, k, 0), np.delete(before, k, 0))  # a cancelled refinement: no change
-
-    job = run.refine()  # the browser's current frame, the run's only prompt
-    assert job.done.wait(300)
-    refinement = job.finish()
-    after = _item_masks(run)
-    assert np.array_equal(after[k], truth[k])  # the corrected frame exactly as drawn
-    neighbours = [k - 2, k - 1, k + 1, k + 2]
-    d_before = np.mean([dice(before[j][None], truth[j][None]) for j in neighbours])
-    d_after = np.mean([dice(after[j][None], truth[j][None]) for j in neighbours])
-    print(f"Slicer refinement: neighbours' Dice {d_before:.3f} -> {d_after:.3f}; changed {refinement.changed}")
-    assert d_after >= d_before + 0.3
-    untouched = [t for t in range(len(frames)) if t not in refinement.visited]
-    assert untouched and all(np.array_equal(after[t], before[t]) for t in untouched)
-
-    assert run.undo()  # the refinement
-    assert np.array_equal(_item_masks(run)[:k], before[:k]) and np.array_equal(_item_masks(run)[k + 1:],
-                                                                                before[k + 1:])
-    assert np.array_equal(_item_masks(run)[k], truth[k])  # the user's own edit is not the refinement's to undo
+    assert np.array_equal(_item_masks(run), after)
+    assert run.undo()
+    restored = _item_masks(run)
+    assert np.array_equal(np.delete(restored, k, 0), np.delete(before, k, 0))
+    assert np.array_equal(restored[k], truth[k])  # the user's own edit is not the refinement's to undo
     assert run.undo()  # the segmentation itself: the segment disappears from every item
     assert all(run.output_node.GetNthDataNode(i).GetSegmentation().GetSegment(run.segment_ids[PROMPT]) is None
-               for i in range(len(frames)))
+               for i in range(len(truth)))
     assert not run.undo()
     logic.shutdown()
 

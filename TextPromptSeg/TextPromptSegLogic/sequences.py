@@ -295,6 +295,8 @@ class SequenceRun:
         source = self.source
         scene = source.sequence_node.GetScene()
         if output_node is None and self.output_node is None:
+            output_node = self._previous_output(scene)  # a re-run updates the same segmentation sequence
+        if output_node is None and self.output_node is None:
             output_node = scene.AddNewNodeByClass("vtkMRMLSequenceNode",
                                                   source.sequence_node.GetName() + OUTPUT_SUFFIX)
         if output_node is not None and output_node is not self.output_node:
@@ -309,6 +311,18 @@ class SequenceRun:
             browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", source.sequence_node.GetName())
             browser.SetAndObserveMasterSequenceNodeID(source.sequence_node.GetID())
             self.browser_node = browser
+
+    def _previous_output(self, scene):
+        """The segmentation sequence an earlier run made for this input in its browser, if any."""
+        name = self.source.sequence_node.GetName() + OUTPUT_SUFFIX
+        if self.browser_node is None:
+            return None
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode")):
+            node = scene.GetNthNodeByClass(i, "vtkMRMLSequenceNode")
+            if (node.GetName() == name and node.GetDataNodeClassName() == "vtkMRMLSegmentationNode"
+                    and self.browser_node.IsSynchronizedSequenceNode(node, True)):
+                return node
+        return None
 
     def _item(self, frame: int, create: bool):
         import slicer
