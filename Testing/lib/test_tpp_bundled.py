@@ -24,15 +24,15 @@ NAME = "tpp-small-la"
 
 @pytest.fixture(scope="module")
 def la_val_volume(shared_data, tmp_path_factory) -> tuple[Path, np.ndarray]:
-    """A held-out LA2018 MRI (the first validation case), 16 slices through the middle of the atrium, and its
+    """A held-out LA2018 MRI (the first validation case), 10 slices through the middle of the atrium, and its
     label (z, y, x)."""
     case = shared_data / "la2018" / "train" / default_splits(shared_data)["la2018"]["val"][0]
     image, label = (sitk.ReadImage(str(case / f)) for f in ("image.nii.gz", "label.nii.gz"))
     z = np.flatnonzero(sitk.GetArrayFromImage(label).reshape(label.GetSize()[2], -1).any(1))
     mid = int(z[len(z) // 2])
     folder = tmp_path_factory.mktemp("la_val")
-    sitk.WriteImage(image[:, :, mid - 8:mid + 8], str(folder / "la.nrrd"))
-    return folder / "la.nrrd", sitk.GetArrayFromImage(label[:, :, mid - 8:mid + 8]) > 0
+    sitk.WriteImage(image[:, :, mid - 5:mid + 5], str(folder / "la.nrrd"))
+    return folder / "la.nrrd", sitk.GetArrayFromImage(label[:, :, mid - 5:mid + 5]) > 0
 
 
 def test_registry_lists_and_verifies_the_tpp(capsys):
