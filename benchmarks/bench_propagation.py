@@ -31,7 +31,12 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["tiny", "hiera_s"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[512])
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="frames per encoder call (default: the engine's for the device)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="our engine's precision (auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--vanilla-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="sam2's predictor's precision (auto: as shipped, bf16 autocast on CUDA, fp32 on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
@@ -44,8 +49,12 @@ def main() -> None:
     text_dir = make_tiny_text_encoder(Path(tempfile.mkdtemp()) / "bert")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    from TextPromptSegLib.engine.propagation import default_encode_batch_size
+
+    batch = args.batch or default_encode_batch_size(device)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, device {device}{gpu}")
+          f"{torch.__version__}, device {device}{gpu}, {batch} frames per encoder call, "
+          f"precision ours {args.precision}, sam2's {args.vanilla_precision}")
     print("| config | size | frames | ours ms/slice | ours slices/s | vanilla ms/slice | ratio | differ | "
           "estimate / actual | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -57,10 +66,10 @@ def main() -> None:
             frames = synthetic_frames(args.frames, size)
             yy, xx = np.mgrid[:size, :size]
             prompt = (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
-            compare(ours, vanilla, frames[:2], prompt, args.batch, device)  # warm-up
+            compare(ours, vanilla, frames[:2], prompt, batch, device, args.precision, args.vanilla_precision)  # warm-up
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            result = compare(ours, vanilla, frames, prompt, args.batch, device)
+            result = compare(ours, vanilla, frames, prompt, batch, device, args.precision, args.vanilla_precision)
             n = args.frames
             print(f"| {name} | {size} | {n} | {1000 * result.ours_seconds / n:.0f} | {n / result.ours_seconds:.2f} | "
                   f"{1000 * result.vanilla_seconds / n:.0f} | {result.vanilla_seconds / result.ours_seconds:.2f}x | "

@@ -10,6 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -61,13 +62,16 @@ def build_pair(config, seed: int = 0, device: str = "cpu"):
     return ours.to(device).eval(), vanilla.to(device).eval()
 
 
-def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_batch_size: int = 8,
-            device: str = "cpu") -> Comparison:
+def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_batch_size: Optional[int] = None,
+            device: str = "cpu", precision: str = "auto", vanilla_precision: str = "auto") -> Comparison:
     """Both sides on ``device``; on CUDA both run under bf16 autocast (sam2's recommended inference setting, and
-    our engine's), so small bf16 rounding differences between the outputs are expected there."""
+    our engine's), so small bf16 rounding differences between the outputs are expected there. ``precision``
+    is our engine's and ``vanilla_precision`` sam2's (see ``engine.device.resolve_precision``; "auto" is how sam2 is
+    run as shipped: bf16 autocast on CUDA, float32 on CPU)."""
     from PIL import Image
     from sam2.utils.misc import load_video_frames
 
+    from TextPromptSegLib.engine.device import autocast
     from TextPromptSegLib.engine.propagation import Propagator
 
     size = ours.image_size
@@ -79,7 +83,7 @@ def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_b
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         unit = decoded * std + mean  # back to [0, 1]: our engine normalises itself
 
-        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+        amp = autocast(torch.device(device), vanilla_precision)
         _sync(device)
         start = time.perf_counter()
         with torch.inference_mode(), amp:
@@ -91,7 +95,7 @@ def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_b
         _sync(device)
         vanilla_seconds = time.perf_counter() - start
 
-    propagator = Propagator(ours, device, encode_batch_size=encode_batch_size)
+    propagator = Propagator(ours, device, encode_batch_size=encode_batch_size, precision=precision)
     estimated = propagator.start_session(unit).estimate_seconds(1, locate=False)  # a separate session: not timed
     start = time.perf_counter()
     session = propagator.start_session(unit)

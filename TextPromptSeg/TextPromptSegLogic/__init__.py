@@ -267,7 +267,8 @@ class TextPromptSegLogic:
         self._states: dict[tuple[str, str], SegmentState] = {}
         self.max_sessions = 1  # encoded volumes kept; each is bounded by session_cache_bytes
         self.session_cache_bytes = 2 << 30
-        self.encode_batch_size = 8
+        self.encode_batch_size = None  # the engine's default for the device
+        self.precision = "auto"  # bf16 on CUDA, float32 on CPU (engine.device.resolve_precision)
         self.unchanged_run = 3  # a refinement stops after this many slices that match the previous result
         self.unchanged_iou = 0.95  # ... where "match" means at least this IoU of the low-resolution masks
 
@@ -513,7 +514,7 @@ class TextPromptSegLogic:
         image = volume_node.GetImageData()
         return (volume_node.GetID(), image.GetMTime() if image is not None else 0,
                 tuple(np.round(_vtk_matrix_to_numpy(matrix), 9).ravel()), model or "", device or "auto",
-                axis or "auto", repr(window))
+                axis or "auto", repr(window), self.precision)
 
     def _engine_for(self, key: tuple, volume, model: Optional[str], device: str, axis: Optional[str],
                     window, progress: Optional[Callable[[Any], None]] = None) -> _Engine:
@@ -527,7 +528,8 @@ class TextPromptSegLogic:
         from TextPromptSegLib.engine.pipeline import PreparedVolume
         from TextPromptSegLib.engine.tpp_engine import make_propagator
 
-        propagator = make_propagator(self._model(model, device, progress), device, self.encode_batch_size)
+        propagator = make_propagator(self._model(model, device, progress), device, self.encode_batch_size,
+                                     precision=self.precision)
         if hasattr(propagator, "cache_bytes"):
             propagator.cache_bytes = int(self.session_cache_bytes)
         prepared = PreparedVolume(volume, propagator.model.image_size, axis, window)

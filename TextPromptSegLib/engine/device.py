@@ -1,4 +1,4 @@
-"""Device choice (cuda > mps > cpu) and the autocast context used for inference."""
+"""Device choice (cuda > mps > cpu), inference precision, and the autocast context used for inference."""
 
 from __future__ import annotations
 
@@ -28,10 +28,40 @@ def pick_device(preference: Optional[str] = None):
     return device
 
 
-def autocast(device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU/MPS stay in float32 for exactness)."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX."""
     import torch
 
-    if getattr(device, "type", str(device)) == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    kind = getattr(device, "type", str(device).split(":")[0])
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def resolve_precision(device, precision: Optional[str] = "auto") -> str:
+    """"fp32" or "bf16". "auto": bf16 on CUDA (sam2's recommended inference setting), fp32 elsewhere (bit-exact
+    with sam2's float32 predictor). "bf16" on a CPU with native bf16 runs the image encoder about 2x faster
+    (benchmarks/RESULTS.md) with masks within bf16 rounding of the float32 ones."""
+    precision = precision or "auto"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if getattr(device, "type", str(device).split(":")[0]) == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device, precision: Optional[str] = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast when :func:`resolve_precision` says bf16 (CUDA by default; CPU when asked); else a no-op."""
+    import torch
+
+    if resolve_precision(device, precision) == "bf16":
+        kind = getattr(device, "type", str(device).split(":")[0])
+        return torch.autocast("cuda" if kind == "cuda" else "cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

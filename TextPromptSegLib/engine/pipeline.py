@@ -138,7 +138,7 @@ class PreparedVolume:
 
 def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=None, *, propagator=None,
                    device: Optional[str] = None, axis: Optional[str] = None, start_slice: Optional[int] = None,
-                   window: Window = None, encode_batch_size: int = 8, max_empty_run: Optional[int] = None,
+                   window: Window = None, encode_batch_size: Optional[int] = None, max_empty_run: Optional[int] = None,
                    direction: str = "both", slice_range: Optional[tuple[int, int]] = None, estimate: bool = False,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                    session=None, prepared: Optional[PreparedVolume] = None) -> VolumeSegmentation:

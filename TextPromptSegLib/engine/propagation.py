@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import autocast, pick_device
+from .device import autocast, pick_device, resolve_precision
 from .progress import CancelToken, ProgressCallback, ProgressTracker
 
 log = logging.getLogger(__name__)
@@ -110,16 +110,25 @@ def coarse_candidates(first: int, last: int, stride: Optional[int] = None, sampl
     return list(range(first + stride // 2, last + 1, stride)) or [first]
 
 
+def default_encode_batch_size(device: Union[str, torch.device]) -> int:
+    """Frames per image-encoder call: 8 on GPUs (fewer kernel launches); 2 on CPUs, where larger batches are
+    slower (Hiera-S at 512 on the 2-core CI machine: 538 ms/frame at 2, 560 at 1, 674 at 8; benchmarks/RESULTS.md)."""
+    return 2 if torch.device(device).type == "cpu" else 8
+
+
 class Propagator:
     """Runs a TGSAM2 over frame sources. One instance per model and device; create sessions per volume."""
 
-    def __init__(self, model, device: Optional[Union[str, torch.device]] = None, encode_batch_size: int = 8,
-                 cache_bytes: int = 2 << 30, use_amp: bool = True, compile: bool = False) -> None:
+    def __init__(self, model, device: Optional[Union[str, torch.device]] = None,
+                 encode_batch_size: Optional[int] = None, cache_bytes: int = 2 << 30,
+                 precision: Optional[str] = "auto", compile: bool = False) -> None:
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         self.model = model.to(self.device).eval()
+        if encode_batch_size is None:
+            encode_batch_size = default_encode_batch_size(self.device)
         self.encode_batch_size = max(1, int(encode_batch_size))
         self.cache_bytes = int(cache_bytes)
-        self.use_amp = use_amp
+        self.precision = resolve_precision(self.device, precision)  # "fp32" or "bf16"
         if compile:
             self.model.image_encoder = torch.compile(self.model.image_encoder, dynamic=False)
 
@@ -156,7 +165,7 @@ class Session:
 
     # ------------------------------------------------------------------ encoding
     def _autocast(self):
-        return autocast(self.device) if self.propagator.use_amp else torch.autocast("cpu", enabled=False)
+        return autocast(self.device, self.propagator.precision)
 
     def _encode_batch(self, indices: list[int]) -> None:
         batch = self.propagator.encode_batch_size

@@ -51,7 +51,7 @@ class InteractiveSegmentation:
 
     def __init__(self, source: Union[Volume, np.ndarray], model=None, *, propagator=None,
                  device: Optional[str] = None, axis: Optional[str] = None, window: Window = None,
-                 encode_batch_size: int = 8) -> None:
+                 encode_batch_size: Optional[int] = None) -> None:
         from .tpp_engine import make_propagator
 
         self.volume = source if isinstance(source, Volume) else sequence_from_array(source)

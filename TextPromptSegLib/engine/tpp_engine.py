@@ -15,24 +15,25 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .device import autocast, pick_device
+from .device import autocast, pick_device, resolve_precision
 from .progress import CancelToken, ProgressCallback, ProgressTracker
 from .propagation import PropagationResult, check_frame_range, coarse_candidates
 
 
-def make_propagator(model, device=None, encode_batch_size: int = 8, first_mask_model=None):
+def make_propagator(model, device=None, encode_batch_size: Optional[int] = None, first_mask_model=None,
+                    precision: Optional[str] = "auto"):
     """The engine for ``model`` (TGSAM-2 / SAM-2 or TPP); with ``first_mask_model`` (a TPP), the TPP -> SAM-2
-    pipeline."""
+    pipeline. precision: "auto", "fp32" or "bf16" (``engine.device.resolve_precision``)."""
     from ..modeling.tpp import TPP
     from .propagation import Propagator
 
     if isinstance(model, TPP):
         if first_mask_model is not None:
             raise ValueError("the first-mask model feeds a SAM-2 / TGSAM-2 model, not another TPP")
-        return TPPPropagator(model, device)
-    propagator = Propagator(model, device, encode_batch_size=encode_batch_size)
+        return TPPPropagator(model, device, precision=precision)
+    propagator = Propagator(model, device, encode_batch_size=encode_batch_size, precision=precision)
     if first_mask_model is not None:
-        return FirstMaskPipeline(TPPPropagator(first_mask_model, propagator.device), propagator)
+        return FirstMaskPipeline(TPPPropagator(first_mask_model, propagator.device, precision=precision), propagator)
     return propagator
 
 
@@ -45,9 +46,11 @@ def tpp_prompts(text: str, max_prompts: int = 3) -> list[str]:
 
 
 class TPPPropagator:
-    def __init__(self, model, device=None, encode_batch_size: int = 8) -> None:
+    def __init__(self, model, device=None, encode_batch_size: Optional[int] = None,
+                 precision: Optional[str] = "auto") -> None:
         self.device = pick_device(str(device) if device is not None else None)
         self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(self.device, precision)
 
     def start_session(self, frames) -> TPPSession:
         return TPPSession(self, frames)
@@ -87,7 +90,7 @@ class TPPSession:
         candidates = coarse_candidates(*check_frame_range(frame_range, len(self)))
         tracker = ProgressTracker(progress, "locate", len(candidates))
         scores = np.full(len(self), -np.inf, np.float32)
-        with torch.inference_mode(), autocast(self.propagator.device):
+        with torch.inference_mode(), autocast(self.propagator.device, self.propagator.precision):
             for index in candidates:
                 if cancel:
                     cancel.raise_if_cancelled()
@@ -99,7 +102,7 @@ class TPPSession:
     def first_mask(self, prompt: str, index: int) -> tuple[torch.Tensor, float]:
         """TPP on one slice as a first image: the best query's mask logits (S/4, S/4) and class logit (reused from
         ``locate`` when it ran on that slice)."""
-        with torch.inference_mode(), autocast(self.propagator.device):
+        with torch.inference_mode(), autocast(self.propagator.device, self.propagator.precision):
             out = self._first_step(prompt, index, *self._words(prompt))
         self._first = {}
         return out["masks"][out["best"]].float().cpu(), float(out["logits"][out["best"]])
@@ -129,7 +132,7 @@ class TPPSession:
         up, down = range(start_index, last + 1), range(start_index, first - 1, -1)
         runs = {"forward": [up], "backward": [down], "both": [up, down]}[direction]
         tracker = ProgressTracker(progress, "propagate", sum(len(r) for r in runs) - (len(runs) - 1))
-        with torch.inference_mode(), autocast(self.propagator.device):
+        with torch.inference_mode(), autocast(self.propagator.device, self.propagator.precision):
             for run in runs:
                 state, empty = None, 0
                 for index in run:

@@ -45,14 +45,12 @@ def cmd_evaluate(args) -> int:
     cases = shared_eval_cases(Path(args.data), args.split, args.structure or ["left atrium", "sarcoma"])
     if args.limit:
         cases = cases[: args.limit]
-    if args.first_mask_model:  # the TPP -> SAM-2 pipeline: TPP's start-slice mask prompts the --model's propagation
-        from ..engine.tpp_engine import make_propagator
+    from ..engine.tpp_engine import make_propagator
 
-        first = load_model(args.first_mask_model, device=args.device or "cpu")
-        propagator = make_propagator(model, args.device or "cpu", first_mask_model=first)
-        scores = evaluate_cases(None, cases, device=args.device, propagator=propagator)
-    else:
-        scores = evaluate_cases(model, cases, device=args.device)
+    # the TPP -> SAM-2 pipeline when a first-mask model is given: TPP's start-slice mask prompts --model's propagation
+    first = load_model(args.first_mask_model, device=args.device or "cpu") if args.first_mask_model else None
+    propagator = make_propagator(model, args.device or "cpu", first_mask_model=first, precision=args.precision)
+    scores = evaluate_cases(None, cases, device=args.device, propagator=propagator)
     report = write_report(scores, Path(args.out))
     print(report.read_text(encoding="utf-8"))
     return 0
@@ -241,6 +239,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--first-mask-model", help="a TPP whose start-slice mask prompts --model (TPP -> SAM-2)")
     ev.add_argument("--out", default="evaluation")
     ev.add_argument("--device")
+    ev.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="auto: bf16 on CUDA, float32 elsewhere")
     ev.set_defaults(func=cmd_evaluate, structure=None)
 
     pk = sub.add_parser("pack", help="pack training volumes of the shared data into one compact .npz")
