@@ -55,8 +55,14 @@ def test_a_correction_on_one_frame_propagates(sequence_model):
         after = interactive.frame_masks(refinement.segment)
         assert interactive.session.encode_count == encoded  # no re-encoding
         assert np.array_equal(after[k], truth[k])  # the corrected frame exactly as drawn
-        # conditioning frames first (the correction and the first pass's start frame), then outwards from k
-        assert set(refinement.visited[:2]) == {k, seg.start_slice} and k in refinement.changed
+        # the correction is the only conditioning frame (the first pass's start frame is not kept as an anchor by
+        # default: it must not pull against the user), then each direction outwards from k
+        assert refinement.visited[0] == k and k in refinement.changed
+        forward = [t for t in refinement.visited if t > k]
+        backward = [t for t in refinement.visited if t < k]
+        assert forward == list(range(k + 1, k + 1 + len(forward)))
+        assert backward == list(range(k - 1, k - 1 - len(backward), -1))
+        assert forward and backward
         assert np.array_equal(interactive.frame_masks(seg), before)  # the previous result is left as it was
         untouched = [t for t in range(len(frames)) if t not in refinement.visited]
         for t in untouched:  # frames the refinement did not revisit keep their masks bit for bit

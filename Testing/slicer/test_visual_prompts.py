@@ -49,6 +49,35 @@ def test_points_land_on_the_frame_pixel_of_their_voxel(mrml, probe_volume, axis)
     assert not prompts.box_prompts
 
 
+def test_points_follow_a_parent_transform_of_the_volume(mrml, probe_volume):
+    """A volume moved by a transform (e.g. after registration): a point placed on a voxel as shown in the views
+    (world RAS) still lands on that voxel's frame pixel, and the frame's RAS maps back to that world point."""
+    import TextPromptSegLogic as tl
+    from TextPromptSegLogic.interactive import frame_to_ras, ras_to_frame, slice_geometry, volume_ras_to_world
+
+    array, node = probe_volume
+    rotation = vtk.vtkTransform()
+    rotation.Translate(12.0, -30.0, 5.5)
+    rotation.RotateWXYZ(25.0, 0.3, 0.2, 0.9)
+    transform_node = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform_node.SetMatrixTransformToParent(rotation.GetMatrix())
+    node.SetAndObserveTransformNodeID(transform_node.GetID())
+    world = np.array([rotation.TransformPoint(*_ras(_oblique_flipped(), ijk)) for ijk in ((3, 7, 4), (12, 0, 6))])
+    assert np.allclose(volume_ras_to_world(node, [_ras(_oblique_flipped(), (3, 7, 4))]), world[:1])
+
+    logic = tl.TextPromptSegLogic()
+    positive = logic.prompt_node(mrml.scene, "positive")
+    for point in world:
+        positive.AddControlPoint(vtk.vtkVector3d(*point))
+    prompts = logic.collect_visual_prompts(node)
+    frames = slice_geometry(node).to_frames(array)
+    found = sorted(int(frames[n, int(round(r)), int(round(c))]) for n, (rc, _) in prompts.point_prompts.items()
+                   for r, c in rc)
+    assert found == sorted(int(array[k, j, i]) for i, j, k in ((3, 7, 4), (12, 0, 6)))
+    n, row, col = ras_to_frame(node, world[:1])[0]
+    assert np.allclose(frame_to_ras(node, n, row, col), world[0], atol=1e-6)
+
+
 @pytest.mark.parametrize("axis", [None, "coronal"])
 def test_roi_box_projects_onto_the_slice_it_cuts(mrml, probe_volume, axis):
     """An ROI aligned with the voxel grid and spanning voxels i 2..9, j 3..8 on slice k = 4 becomes the

@@ -297,6 +297,25 @@ class TextPromptSegLogic:
             self._worker = _Worker()
         return self._worker
 
+    def submit(self, job, work: Callable[[], None], what: str):
+        """Run ``work`` on the worker thread and return ``job``. A cancel or an error lands in ``job.error`` (an error
+        is logged, and the GUI shows it; the worker keeps running); ``job.done`` is set whatever happens."""
+        from TextPromptSegLib.engine.progress import Cancelled
+
+        def run() -> None:
+            try:
+                work()
+            except Cancelled as exc:
+                job.error = exc
+            except Exception as exc:
+                log.exception("%s failed", what)
+                job.error = exc
+            finally:
+                job.done.set()
+
+        self._worker_thread().submit(run)
+        return job
+
     def shutdown(self) -> None:
         """Stop the worker thread and release the encoded volumes (segments keep their state)."""
         if self._worker is not None:
@@ -318,7 +337,7 @@ class TextPromptSegLogic:
         need exactly one prompt.
         """
         from TextPromptSegLib.engine.pipeline import SegmentRequest, segment_volume
-        from TextPromptSegLib.engine.progress import Cancelled, CancelToken
+        from TextPromptSegLib.engine.progress import CancelToken
 
         prompts = [p.strip() for p in prompts if p and p.strip()]
         if not prompts:
@@ -339,25 +358,16 @@ class TextPromptSegLogic:
         job = SegmentationJob(cancel=CancelToken(), info={"key": key, "axis": axis, "requests": requests})
 
         def run() -> None:
-            try:
-                from TextPromptSegLib.engine.device import pick_device
+            from TextPromptSegLib.engine.device import pick_device
 
-                dev = str(pick_device(None if device in (None, "", "auto") else device))
-                engine = self._engine_for(key, volume, model, dev, axis, window, job.events.put)
-                job.result = segment_volume(volume, requests, propagator=engine.propagator, session=engine.session,
-                                            prepared=engine.prepared, start_slice=start_slice, direction=direction,
-                                            max_empty_run=max_empty_run, slice_range=slice_range,
-                                            estimate=dev == "cpu", progress=job.events.put, cancel=job.cancel)
-            except Cancelled as exc:
-                job.error = exc
-            except Exception as exc:  # reported to the GUI, which shows it; the worker keeps running
-                log.exception("segmentation failed")
-                job.error = exc
-            finally:
-                job.done.set()
+            dev = str(pick_device(device))
+            engine = self._engine_for(key, volume, model, dev, axis, window, job.events.put)
+            job.result = segment_volume(volume, requests, propagator=engine.propagator, session=engine.session,
+                                        prepared=engine.prepared, start_slice=start_slice, direction=direction,
+                                        max_empty_run=max_empty_run, slice_range=slice_range,
+                                        estimate=dev == "cpu", progress=job.events.put, cancel=job.cancel)
 
-        self._worker_thread().submit(run)
-        return job
+        return self.submit(job, run, "segmentation")
 
     def start_sequence(self, node, prompts: Sequence[str], model: Optional[str] = None, device: str = "auto",
                        start_frame: Optional[int] = None, window=None, output_node=None, browser_node=None,
@@ -787,7 +797,7 @@ class TextPromptSegLogic:
     def _start_refinement(self, volume_node, segmentation_node, segment_id: str, slice_index: int, clicks,
                           model: Optional[str], device: str, axis: Optional[str], window) -> SegmentationJob:
         """Read the segment on the main thread, refine on the worker; ``clicks``: (rows_cols, labels) or None."""
-        from TextPromptSegLib.engine.progress import Cancelled, CancelToken
+        from TextPromptSegLib.engine.progress import CancelToken
 
         from .interactive import segment_mask_on_volume, slice_digests, slice_geometry
 
@@ -822,30 +832,20 @@ class TextPromptSegLogic:
         unchanged_run, unchanged_iou = self.unchanged_run, self.unchanged_iou
 
         def run() -> None:
-            try:
-                from TextPromptSegLib.engine.device import pick_device
-                from TextPromptSegLib.engine.pipeline import refine_volume, result_from_masks
+            from TextPromptSegLib.engine.device import pick_device
+            from TextPromptSegLib.engine.pipeline import refine_volume, result_from_masks
 
-                dev = str(pick_device(None if device in (None, "", "auto") else device))
-                engine = self._engine_for(key, volume, model, dev, axis, window)
-                if not hasattr(engine.session, "refine"):
-                    raise ValueError("Refinement needs a TGSAM-2 model; the selected model cannot refine.")
-                before = engine.session.encode_count
-                prev = previous if previous is not None else result_from_masks(engine.prepared, current)
-                job.result = refine_volume(engine.prepared, engine.session, prompt, prev, slice_index,
-                                           mask=corrected, points=clicks, keep=keep, unchanged_run=unchanged_run,
-                                           unchanged_iou=unchanged_iou, progress=job.events.put, cancel=job.cancel)
-                job.info["encoded"] = engine.session.encode_count - before
-            except Cancelled as exc:
-                job.error = exc
-            except Exception as exc:  # reported to the GUI; the worker keeps running
-                log.exception("refinement failed")
-                job.error = exc
-            finally:
-                job.done.set()
+            engine = self._engine_for(key, volume, model, str(pick_device(device)), axis, window)
+            if not hasattr(engine.session, "refine"):
+                raise ValueError("Refinement needs a TGSAM-2 model; the selected model cannot refine.")
+            before = engine.session.encode_count
+            prev = previous if previous is not None else result_from_masks(engine.prepared, current)
+            job.result = refine_volume(engine.prepared, engine.session, prompt, prev, slice_index,
+                                       mask=corrected, points=clicks, keep=keep, unchanged_run=unchanged_run,
+                                       unchanged_iou=unchanged_iou, progress=job.events.put, cancel=job.cancel)
+            job.info["encoded"] = engine.session.encode_count - before
 
-        self._worker_thread().submit(run)
-        return job
+        return self.submit(job, run, "refinement")
 
     def show_refinement_progress(self, job: SegmentationJob, events: Sequence[Any], volume_node,
                                  segmentation_node) -> list[int]:

@@ -54,21 +54,16 @@ def slice_geometry(volume_node, axis: Optional[str] = None):
 
 def world_to_volume_ras(volume_node, points_world: np.ndarray) -> np.ndarray:
     """(P, 3) world RAS -> (P, 3) RAS of the volume node's own frame (undoing a parent transform, if any)."""
-    points = np.asarray(points_world, float).reshape(-1, 3)
-    parent = volume_node.GetParentTransformNode()
-    if parent is None:
-        return points
-    import slicer
-    import vtk
-
-    transform = vtk.vtkGeneralTransform()
-    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, parent, transform)
-    return np.array([transform.TransformPoint(*p) for p in points])
+    return _through_parent(volume_node, points_world, to_world=False)
 
 
 def volume_ras_to_world(volume_node, points_ras: np.ndarray) -> np.ndarray:
     """(P, 3) RAS of the volume node's own frame -> (P, 3) world RAS."""
-    points = np.asarray(points_ras, float).reshape(-1, 3)
+    return _through_parent(volume_node, points_ras, to_world=True)
+
+
+def _through_parent(volume_node, points: np.ndarray, to_world: bool) -> np.ndarray:
+    points = np.asarray(points, float).reshape(-1, 3)
     parent = volume_node.GetParentTransformNode()
     if parent is None:
         return points
@@ -76,7 +71,8 @@ def volume_ras_to_world(volume_node, points_ras: np.ndarray) -> np.ndarray:
     import vtk
 
     transform = vtk.vtkGeneralTransform()
-    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(parent, None, transform)
+    source, target = (parent, None) if to_world else (None, parent)
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(source, target, transform)
     return np.array([transform.TransformPoint(*p) for p in points])
 
 

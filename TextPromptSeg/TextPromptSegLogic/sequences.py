@@ -433,7 +433,7 @@ class SequenceRun:
     def refine(self, frame: Optional[int] = None, prompt: Optional[str] = None, unchanged_run: int = 3) -> RefineJob:
         """Main thread: take the (corrected) segment of ``frame`` (default: the browser's current frame) and
         re-propagate it on the worker thread; :meth:`RefineJob.finish` writes the frames that changed."""
-        from TextPromptSegLib.engine.progress import Cancelled, CancelToken
+        from TextPromptSegLib.engine.progress import CancelToken
 
         if prompt is None:
             if len(self.segments) != 1:
@@ -454,19 +454,10 @@ class SequenceRun:
         job = RefineJob(cancel=CancelToken(), run=self, prompt=prompt)
 
         def work() -> None:
-            try:
-                job.result = self.interactive.refine(segment, frame, mask, unchanged_run=unchanged_run,
-                                                     progress=job.events.put, cancel=job.cancel)
-            except Cancelled as exc:
-                job.error = exc
-            except Exception as exc:
-                log.exception("refinement failed")
-                job.error = exc
-            finally:
-                job.done.set()
+            job.result = self.interactive.refine(segment, frame, mask, unchanged_run=unchanged_run,
+                                                 progress=job.events.put, cancel=job.cancel)
 
-        self.logic._worker_thread().submit(work)
-        return job
+        return self.logic.submit(job, work, "sequence refinement")
 
     def _apply_refinement(self, prompt: str, refinement) -> None:
         self.segments[prompt] = refinement.segment
@@ -506,7 +497,7 @@ def start_sequence(logic, node, prompts: Sequence[str], model: Optional[str] = N
                    sequences_logic=None) -> SequenceJob:
     """Validate and copy the frames on the calling (main) thread, then segment on the Logic's worker thread."""
     from TextPromptSegLib.engine.pipeline import SegmentRequest
-    from TextPromptSegLib.engine.progress import Cancelled, CancelToken
+    from TextPromptSegLib.engine.progress import CancelToken
 
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
@@ -519,21 +510,12 @@ def start_sequence(logic, node, prompts: Sequence[str], model: Optional[str] = N
                       sequences_logic=sequences_logic)
 
     def work() -> None:
-        try:
-            from TextPromptSegLib.engine.device import pick_device
-            from TextPromptSegLib.engine.sequence import InteractiveSegmentation
+        from TextPromptSegLib.engine.device import pick_device
+        from TextPromptSegLib.engine.sequence import InteractiveSegmentation
 
-            dev = str(pick_device(None if device in (None, "", "auto") else device))
-            interactive = InteractiveSegmentation(source.volume, logic._model(model, dev), device=dev, window=window)
-            job.result = interactive.segment(requests, start_frame, progress=job.events.put, cancel=job.cancel)
-            job.interactive = interactive
-        except Cancelled as exc:
-            job.error = exc
-        except Exception as exc:  # reported to the GUI; the worker keeps running
-            log.exception("sequence segmentation failed")
-            job.error = exc
-        finally:
-            job.done.set()
+        dev = str(pick_device(device))
+        interactive = InteractiveSegmentation(source.volume, logic._model(model, dev), device=dev, window=window)
+        job.result = interactive.segment(requests, start_frame, progress=job.events.put, cancel=job.cancel)
+        job.interactive = interactive
 
-    logic._worker_thread().submit(work)
-    return job
+    return logic.submit(job, work, "sequence segmentation")
