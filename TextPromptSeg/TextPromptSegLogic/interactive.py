@@ -291,25 +291,37 @@ def segment_mask_on_volume(segmentation_node, segment_id: str, volume_node) -> n
 def write_slices(volume_node, segmentation_node, segment_id: str, geometry, first: int, frames: np.ndarray) -> None:
     """Replace the segment's voxels on slices first .. first+len(frames)-1 of the slicing axis (and only there).
 
-    frames: (M, H, W) bool in frame space. The segment's current voxels are read on the volume grid, the slab is
-    replaced in numpy and the whole segment is written back with a replace (other segments, shared layer or not,
-    keep their voxels; so do this segment's other slices). Extent-limited min/max merges would touch only the
-    slab, but slicer-core's merges dropped the slab's new voxels (a one-slice slab always, larger slabs whose
-    merge needed a resample), so they are not used.
+    frames: (M, H, W) bool in frame space. See :func:`write_frames`.
+    """
+    frames = np.asarray(frames, bool)
+    write_frames(volume_node, segmentation_node, segment_id, geometry,
+                 {first + i: frame for i, frame in enumerate(frames)})
+
+
+def write_frames(volume_node, segmentation_node, segment_id: str, geometry, masks: dict[int, np.ndarray]) -> None:
+    """Replace the segment's voxels on the slices ``masks`` names ({slice: (H, W) bool in frame space}), only there.
+
+    The segment's current voxels are read on the volume grid, those slices replaced in numpy and the whole segment
+    written back with a replace, once for all the slices (other segments, shared layer or not, keep their voxels; so
+    do this segment's other slices). Extent-limited min/max merges would touch only a slab, but slicer-core's
+    merges dropped a slab's new voxels when the segment lies next to another segment, so they are not used.
     """
     import slicer
 
     from . import mask_to_oriented_image
 
-    frames = np.asarray(frames, bool)
+    if not masks:
+        return
     current = geometry.to_frames(segment_mask_on_volume(segmentation_node, segment_id, volume_node)).copy()
-    if not 0 <= first and first + len(frames) <= len(current):
-        raise ValueError(f"slices {first}..{first + len(frames) - 1} are outside the volume (0..{len(current) - 1})")
-    current[first : first + len(frames)] = frames
+    outside = [n for n in masks if not 0 <= n < len(current)]
+    if outside:
+        raise ValueError(f"slices {sorted(outside)} are outside the volume (0..{len(current) - 1})")
+    for n, mask in masks.items():
+        current[n] = np.asarray(mask, bool)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     if not logic.SetBinaryLabelmapToSegment(mask_to_oriented_image(geometry.from_frames(current), volume_node),
                                             segmentation_node, segment_id, logic.MODE_REPLACE):
-        raise RuntimeError(f"Slicer could not write slices {first}..{first + len(frames) - 1} of the segment")
+        raise RuntimeError(f"Slicer could not write slices {sorted(masks)} of the segment")
 
 
 def slice_digests(frames: np.ndarray) -> list[bytes]:
