@@ -83,3 +83,28 @@ def test_official_sam2_checkpoint_loads_with_smaller_memory_bank(tiny_text_encod
     torch.save({"model": bad}, path)
     with pytest.raises(CheckpointError, match="stray_key"):
         load_official_sam2(model, path)
+
+
+def test_high_res_features_flag_round_trips_and_old_configs_default_to_sam2(tiny_text_encoder_dir, tmp_path):
+    """``high_res_features=False`` (SAM-1's decoder on stride 16 only) is stored in config.json and rebuilt; a
+    config.json written before the field existed loads as SAM-2's decoder (True), with its conv_s0/conv_s1."""
+    model = build_tiny_model(tiny_text_encoder_dir, seed=0, high_res_features=False)
+    assert not model.use_high_res_features_in_sam and not hasattr(model.sam_mask_decoder, "conv_s0")
+    folder = save_checkpoint(model, tmp_path / "low")
+    assert json.loads((folder / "config.json").read_text())["config"]["high_res_features"] is False
+    loaded = build_model(folder, text_encoder=model.text_encoder)
+    assert loaded.config.high_res_features is False and not loaded.use_high_res_features_in_sam
+    images = torch.rand(1, 2, 3, 128, 128)
+    with torch.inference_mode():
+        a = model.forward_sequence(images, model.encode_text(["the bright disc"]))["mask_logits"]
+        b = loaded.forward_sequence(images, loaded.encode_text(["the bright disc"]))["mask_logits"]
+    assert torch.equal(a, b)
+
+    old = build_tiny_model(tiny_text_encoder_dir, seed=0)
+    folder = save_checkpoint(old, tmp_path / "old")
+    info = json.loads((folder / "config.json").read_text())
+    del info["config"]["high_res_features"]
+    (folder / "config.json").write_text(json.dumps(info))
+    loaded = build_model(folder, text_encoder=old.text_encoder)
+    assert loaded.config.high_res_features is True and loaded.use_high_res_features_in_sam
+    assert hasattr(loaded.sam_mask_decoder, "conv_s0")

@@ -229,3 +229,36 @@ def test_slab_writes_change_only_their_slices(mrml, probe_volume, axis):
     assert np.array_equal(segment_mask_on_volume(seg, masks["refined_id"], node), geometry.from_frames(frames))
     assert np.array_equal(_segment_array(seg, masks["refined_id"], node, mrml), geometry.from_frames(frames))
     assert np.array_equal(_segment_array(seg, masks["other_id"], node, mrml), masks["other"])
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_slab_write_of_a_compact_segment(mrml, count):
+    """A segment made of two discs on some slices (Slicer keeps its labelmap cropped to them), next to a segment
+    drawn by hand: a slab of one or two slices that drops one disc is written exactly; the other slices of the
+    segment and the hand-drawn segment keep their voxels."""
+    import slicer
+    import TextPromptSegLogic as tl
+    from test_logic import _segment_array
+    from TextPromptSegLogic.interactive import slice_geometry, write_slices
+
+    node = _volume_node(mrml, np.zeros((12, 40, 40), np.float32), _oblique_flipped())
+    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(node)
+    yy, xx = np.mgrid[:40, :40]
+    a, b = (yy - 12) ** 2 + (xx - 12) ** 2 <= 25, (yy - 27) ** 2 + (xx - 25) ** 2 <= 30
+    geometry = slice_geometry(node)
+    hand = np.zeros((12, 40, 40), bool)
+    hand[0:2, 30:38, 0:8] = True
+    hand_id = seg.GetSegmentation().AddEmptySegment("", "hand", [0.0, 1.0, 0.0])
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        tl.mask_to_oriented_image(hand, node), seg, hand_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    frames = np.zeros((12, 40, 40), bool)
+    frames[3:9] = a | b
+    sid = seg.GetSegmentation().AddEmptySegment("", "discs", [0.0, 0.0, 1.0])
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        tl.mask_to_oriented_image(geometry.from_frames(frames), node), seg, sid,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    write_slices(node, seg, sid, geometry, 5, np.repeat(a[None], count, 0))
+    frames[5 : 5 + count] = a
+    assert np.array_equal(_segment_array(seg, sid, node, mrml), geometry.from_frames(frames))
+    assert np.array_equal(_segment_array(seg, hand_id, node, mrml), hand)

@@ -853,23 +853,25 @@ class TextPromptSegLogic:
         mask) into the segment at once, so the user sees the first updated slice without waiting for the end.
         The segment is kept first, so a cancel or an error restores it and :meth:`undo` undoes the whole
         refinement. Returns the slices drawn."""
-        from .interactive import slice_geometry, write_slices
+        from .interactive import slice_geometry, write_frames
 
         if job.kind != "refine":
             return []
         segment_id = job.info["segment_id"]
         if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
             return []
-        geometry = None
+        masks = {}
         drawn = []
         for event in events:
             if getattr(event, "mask", None) is None or event.slice_index < 0:
                 continue
+            masks[event.slice_index] = event.mask
+            drawn.append(event.slice_index)
+        if masks:  # one write for all the slices of this poll
             if "saved" not in job.info:
                 job.info["saved"] = segment_labelmap_copy(segmentation_node, segment_id)
-            geometry = geometry or slice_geometry(volume_node, job.info["axis"])
-            write_slices(volume_node, segmentation_node, segment_id, geometry, event.slice_index, event.mask[None])
-            drawn.append(event.slice_index)
+            write_frames(volume_node, segmentation_node, segment_id, slice_geometry(volume_node, job.info["axis"]),
+                         masks)
         return drawn
 
     def _restore_preview(self, job: SegmentationJob, segmentation_node) -> None:

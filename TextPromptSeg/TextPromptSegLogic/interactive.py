@@ -287,35 +287,37 @@ def segment_mask_on_volume(segmentation_node, segment_id: str, volume_node) -> n
 def write_slices(volume_node, segmentation_node, segment_id: str, geometry, first: int, frames: np.ndarray) -> None:
     """Replace the segment's voxels on slices first .. first+len(frames)-1 of the slicing axis (and only there).
 
-    frames: (M, H, W) bool in frame space. Only that slab of the volume grid is touched: the slab is cleared
-    with a minimum merge and filled with a maximum merge, both limited to the slab's extent (a replace with an
-    extent would clear the segment outside it), so other slices and other segments keep their voxels.
+    frames: (M, H, W) bool in frame space. See :func:`write_frames`.
+    """
+    frames = np.asarray(frames, bool)
+    write_frames(volume_node, segmentation_node, segment_id, geometry,
+                 {first + i: frame for i, frame in enumerate(frames)})
+
+
+def write_frames(volume_node, segmentation_node, segment_id: str, geometry, masks: dict[int, np.ndarray]) -> None:
+    """Replace the segment's voxels on the slices ``masks`` names ({slice: (H, W) bool in frame space}), only there.
+
+    The segment's current voxels are read on the volume grid, those slices replaced in numpy and the whole segment
+    written back with a replace, once for all the slices (other segments, shared layer or not, keep their voxels; so
+    do this segment's other slices). Extent-limited min/max merges would touch only a slab, but slicer-core's
+    merges dropped a slab's new voxels when the segment lies next to another segment, so they are not used.
     """
     import slicer
-    import vtk
-    from vtkmodules.util import numpy_support
 
-    frames = np.asarray(frames, bool)
-    shape = volume_shape_zyx(volume_node)
-    dims = [shape[2], shape[1], shape[0]]
-    extent = []
-    for axis in range(3):
-        if axis == geometry.slice_axis:
-            extent += [int(first), int(first) + len(frames) - 1]
-        else:
-            extent += [0, dims[axis] - 1]
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(matrix)
+    from . import mask_to_oriented_image
+
+    if not masks:
+        return
+    current = geometry.to_frames(segment_mask_on_volume(segmentation_node, segment_id, volume_node)).copy()
+    outside = [n for n in masks if not 0 <= n < len(current)]
+    if outside:
+        raise ValueError(f"slices {sorted(outside)} are outside the volume (0..{len(current) - 1})")
+    for n, mask in masks.items():
+        current[n] = np.asarray(mask, bool)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    for values, mode in ((np.zeros_like(frames), logic.MODE_MERGE_MIN), (frames, logic.MODE_MERGE_MAX)):
-        slab = geometry.from_frames(values)  # (z, y, x) with the slicing axis first..first+M-1
-        image = slicer.vtkOrientedImageData()
-        image.SetExtent(*extent)
-        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
-            np.ascontiguousarray(slab, dtype=np.uint8).ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
-        image.SetImageToWorldMatrix(matrix)
-        if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, mode, extent):
-            raise RuntimeError(f"Slicer could not write slices {first}..{first + len(frames) - 1} of the segment")
+    if not logic.SetBinaryLabelmapToSegment(mask_to_oriented_image(geometry.from_frames(current), volume_node),
+                                            segmentation_node, segment_id, logic.MODE_REPLACE):
+        raise RuntimeError(f"Slicer could not write slices {sorted(masks)} of the segment")
 
 
 def slice_digests(frames: np.ndarray) -> list[bytes]:

@@ -71,7 +71,7 @@ def _sam2_components(cfg: TGSAM2Config) -> dict:
         "use_mask_input_as_output_without_sam": True,
         "directly_add_no_mem_embed": True,
         "no_obj_embed_spatial": True,
-        "use_high_res_features_in_sam": True,
+        "use_high_res_features_in_sam": cfg.high_res_features,
         "multimask_output_in_sam": cfg.multimask_output,
         "iou_prediction_use_sigmoid": True,
         "use_obj_ptrs_in_encoder": True,

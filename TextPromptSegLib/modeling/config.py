@@ -59,6 +59,10 @@ class TGSAM2Config:
     tcvp_mode: str = "visual_query"  # or "text_query" (the paper's literal notation)
     tcvp_heads: int = 8
     ttme_fusion: str = "sum"  # "sum" (paper default), "mul", "concat" (paper Table 5)
+    # SAM-2 feeds the stride-4/8 features into the mask decoder (all official checkpoints). False gives SAM-1's
+    # decoder on the stride-16 features only: a tiny model trained from scratch then learns clicks and boxes,
+    # which the high-resolution shortcut otherwise lets it ignore (Testing/interactive_model.py).
+    high_res_features: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.hiera, dict):
