@@ -205,6 +205,20 @@ def predict(model, images: torch.Tensor, prompt: str, use_memory: bool = True) -
     return out["mask_logits"][:, :, 0] > 0
 
 
+def text_selection_scores(model, seed: int = 999) -> dict[str, float]:
+    """Held-out two-object sequences (16 of 4 frames): Dice of each prompt's prediction against each object."""
+    images, discs, squares = make_sequences(16, 4, model.image_size, seed=seed)
+    disc_pred = predict(model, images, "the bright disc").flatten(0, 1)
+    square_pred = predict(model, images, "the dark square").flatten(0, 1)
+    discs, squares = discs.flatten(0, 1), squares.flatten(0, 1)
+    return {
+        "disc prompt vs disc": dice(disc_pred, discs),
+        "square prompt vs square": dice(square_pred, squares),
+        "disc prompt vs square": dice(disc_pred, squares),
+        "square prompt vs disc": dice(square_pred, discs),
+    }
+
+
 def moving_object_sequence(seed: int, frames: int = 12, size: int = 128, rgb: bool = False,
                            faded: Optional[Sequence[int]] = None, fade_contrast: float = 0.0,
                            speed: float = 0.03) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import vtk
+from test_logic import _segment_array
 from vtkmodules.util import numpy_support
 
 LINE = "the left atrium; a rounded sac behind the left ventricle; a bright blood pool"
@@ -23,15 +24,6 @@ def _volume_node(mrml, array: np.ndarray, spacing=(0.625, 0.625, 0.625)):
     node.SetSpacing(*spacing)
     node.SetIJKToRASDirections(-1, 0, 0, 0, -1, 0, 0, 0, 1)
     return node
-
-
-def _segment_voxels(mrml, seg_node, segment_id, volume_node) -> np.ndarray:
-    labelmap = mrml.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    ids = vtk.vtkStringArray()
-    ids.InsertNextValue(segment_id)
-    assert mrml.segmentations.ExportSegmentsToLabelmapNode(seg_node, ids, labelmap, volume_node)
-    image = labelmap.GetImageData()
-    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1]) > 0
 
 
 def test_logic_segments_a_real_volume_with_a_tpp_checkpoint_and_a_three_prompt_line(
@@ -71,7 +63,7 @@ def test_logic_segments_a_real_volume_with_a_tpp_checkpoint_and_a_three_prompt_l
     assert segment.GetName() == "Left atrium" and outcome.matched == "Left atrium (name)"
     tag = vtk.reference("")
     assert segment.GetTag(tl.PROMPT_TAG, tag) and str(tag) == LINE
-    voxels = _segment_voxels(mrml, seg_node, outcome.segment_id, volume_node)
+    voxels = _segment_array(seg_node, outcome.segment_id, volume_node, mrml)
     assert voxels.shape == array.shape and outcome.slices_with_object == 8
     assert voxels.reshape(8, -1).any(1).all()
 
@@ -104,7 +96,7 @@ def test_logic_runs_the_bundled_tpp_by_its_registry_name(mrml, shared_data):
     logic = tl.TextPromptSegLogic()
     (outcome,) = logic.process(volume_node, seg_node, [LINE], model="tpp-small-la", device="cpu", timeout=300)
     logic.shutdown()
-    voxels = _segment_voxels(mrml, seg_node, outcome.segment_id, volume_node)
+    voxels = _segment_array(seg_node, outcome.segment_id, volume_node, mrml)
     truth = label[mid - 4:mid + 4] > 0
     assert 2 * (voxels & truth).sum() / (voxels.sum() + truth.sum()) > 0.75  # held-out atrium, 3 prompts (0.91)
     echo = tl.TextPromptSegLogic.describe_prompts(LINE, "tpp-small-la")
