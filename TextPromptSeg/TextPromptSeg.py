@@ -308,6 +308,12 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if hasattr(job, "source"):  # 2D+t sequence job (TextPromptSegLogic.sequences.SequenceJob)
                 self._sequenceRun = job.finish()
                 outcomes = self._sequenceRun.outcomes
+            elif hasattr(job, "run"):  # refinement of a sequence run (TextPromptSegLogic.sequences.RefineJob)
+                refinement = job.finish()
+                self.ui.statusLabel.text = _("Done.")
+                self.ui.resultLabel.text = _("Refined from frame {index}: {count} frames changed.").format(
+                    index=refinement.frame, count=len(refinement.changed))
+                return
             else:
                 self._sequenceRun = None
                 outcomes = self.logic.finish(job, p.inputVolume, p.outputSegmentation)
@@ -325,8 +331,9 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.resultLabel.text = "; ".join(
                 f"{o.name}: {o.slices_with_object} slices, {o.volume_ml:.1f} mL" for o in outcomes)
-            if outcomes:
-                self.ui.refineSegmentSelector.setCurrentNode(p.outputSegmentation)
+            if outcomes:  # the Refine section follows the result (a sequence: its proxy segmentation)
+                shown = self._sequenceRun.proxy_node if self._sequenceRun is not None else p.outputSegmentation
+                self.ui.refineSegmentSelector.setCurrentNode(shown)
                 self.ui.refineSegmentSelector.setCurrentSegmentID(outcomes[0].segment_id)
         self._updateQualityStrip()
 
@@ -403,7 +410,22 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 axis=self.logic.segment_axis(segmentation, segmentId, self._axis()))
             self._startPolling(_("Updating from the click..."))
 
+    def _sequenceRefinePrompt(self) -> Optional[str]:
+        """The prompt of the selected Refine segment when it belongs to the last sequence run, else None."""
+        run = self._sequenceRun
+        segmentId = self.ui.refineSegmentSelector.currentSegmentID()
+        node = self.ui.refineSegmentSelector.currentNode()
+        if run is None or not segmentId or node is None or node not in (run.proxy_node, run.output_node):
+            return None
+        return next((prompt for prompt, sid in run.segment_ids.items() if sid == segmentId), None)
+
     def onRefine(self) -> None:
+        prompt = self._sequenceRefinePrompt()
+        if prompt is not None:  # 2D+t: refine from the browser's current frame, as corrected in the proxy
+            with slicer.util.tryWithErrorDisplay(_("Refinement failed to start."), waitCursor=True):
+                self._job = self._sequenceRun.refine(prompt=prompt)
+                self._startPolling(_("Refining from the current frame..."))
+            return
         target = self._refineTarget()
         if target is None:
             slicer.util.errorDisplay(_("Select the input volume and the segment to refine."))
