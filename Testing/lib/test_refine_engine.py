@@ -1,7 +1,7 @@
 """Engine side of interactive refinement (issue 5): boxes become SAM-2 box points, clicks correct the current
 mask, a refinement reports (through progress) exactly the slices it changed and keeps every other slice bit for
 bit, and existing masks can stand in for a previous result. Behaviour that needs a model that tracks is tested
-on real MRML with a trained model in Testing/slicer/test_refinement.py."""
+on real MRML with a trained model in Testing/logic/test_refinement.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The module's self-test checks, shared by Slicer and CI.
 
 ``TextPromptSegTest`` (TextPromptSeg.py) runs these on ``slicer.mrmlScene`` inside Slicer;
-``Testing/slicer/test_selftest.py`` runs them on a slicer-core scene in CI. Each check drives the real path a
+``Testing/logic/test_selftest.py`` runs them on a slicer-core scene in CI. Each check drives the real path a
 user drives from the panel: a volume node loaded by the Volumes logic, ``TextPromptSegLogic`` with the bundled
 model on the worker thread, segments written to a segmentation node, the .seg.nrrd storage node. No Qt and no
 mocks, so a check that passes in CI has run the same code that Slicer runs.

@@ -1,4 +1,8 @@
-"""slicer-core fixtures: a real MRML scene with the Segmentations logic, and the module's Logic importable."""
+"""slicer-core fixtures for the module Logic tests: a real MRML scene with the Segmentations logic, and the
+module's Logic importable.
+
+This folder must not be named ``slicer``: slicer-core's ``slicer`` package extends its ``__path__`` to every
+``slicer/`` folder on sys.path and imports each module there into ``slicer`` (Testing/ is on sys.path here)."""
 
 from __future__ import annotations
 
