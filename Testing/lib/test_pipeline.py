@@ -95,6 +95,14 @@ def test_encoding_is_batched_and_shared_between_prompts(la_volume, tiny_model):
     assert max(source.requests) <= 4  # never more than one batch of frames in memory
     assert session.encode_count == len(prepared)  # each slice encoded once for both prompts
 
+    # the position encodings depend on the image size only: every cached slice shares one copy, counted once
+    cached = [session.backbone(i) for i in range(len(prepared))]
+    assert all(c["vision_pos_enc"] is cached[0]["vision_pos_enc"] for c in cached)
+    fpn_bytes = sum(x.nbytes for c in cached for x in c["backbone_fpn"])
+    assert session._cache_size == fpn_bytes
+    fresh = tiny_model.encode_backbone(tiny_model.normalize_images(source.get([5])))
+    assert all(torch.equal(a, b) for a, b in zip(fresh["vision_pos_enc"], cached[5]["vision_pos_enc"]))
+
 
 def test_cancel_mid_run_raises_and_stops(la_volume, tiny_model):
     token = CancelToken()

@@ -156,7 +156,8 @@ class Session:
         self.frames = frames
         self.device = propagator.device
         self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
-        self._cache_size = 0
+        self._cache_size = 0  # bytes held by the cached frames (shared position encodings counted once, not here)
+        self._pos: Optional[list] = None  # the frames' shared position encodings ([] once found frame-dependent)
         self.encode_count = 0  # frames passed through the image encoder (tests: no re-encoding)
         self._text_cache: dict[str, Any] = {}
 
@@ -184,17 +185,34 @@ class Session:
                 log.warning("CUDA out of memory while encoding; retrying with batch %d", batch)
                 continue
             self.encode_count += len(chunk)
+            pos = self._shared_pos(out["vision_pos_enc"])
             for j, index in enumerate(chunk):
-                entry = {"backbone_fpn": [x[j : j + 1] for x in out["backbone_fpn"]],
-                         "vision_pos_enc": [x[j : j + 1] for x in out["vision_pos_enc"]]}
-                # slices of the batch tensor would keep the whole batch alive: copy out what we keep
-                entry = {k: [x.clone() for x in v] for k, v in entry.items()}
+                # slices of a batch tensor would keep the whole batch alive: copy out what we keep (a batch of one
+                # is kept as it is)
+                fpn = [x if len(chunk) == 1 else x[j : j + 1].clone() for x in out["backbone_fpn"]]
+                entry = {"backbone_fpn": fpn,
+                         "vision_pos_enc": pos or [x[j : j + 1].clone() for x in out["vision_pos_enc"]]}
                 self._cache[index] = entry
-                self._cache_size += _nbytes(entry)
+                self._cache_size += self._entry_bytes(entry)
             i += len(chunk)
         while self._cache_size > self.propagator.cache_bytes and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
-            self._cache_size -= _nbytes(old)
+            self._cache_size -= self._entry_bytes(old)
+
+    def _entry_bytes(self, entry: dict[str, Any]) -> int:
+        shared = entry["vision_pos_enc"] is self._pos
+        return _nbytes(entry["backbone_fpn"]) + (0 if shared else _nbytes(entry["vision_pos_enc"]))
+
+    def _shared_pos(self, batch_pos: list) -> Optional[list]:
+        """The image encoder's position encodings depend on the image size only (sam2's sine encoding), so every
+        frame shares one copy (at 1024 px, Hiera's 88 MB per frame). Checked on each batch: a model whose encodings
+        differ between frames gets None (each frame then keeps its own)."""
+        if self._pos is None:
+            self._pos = [x[:1].clone() for x in batch_pos]
+        if self._pos and all(torch.equal(x, shared.expand_as(x)) for x, shared in zip(batch_pos, self._pos)):
+            return self._pos
+        self._pos = []  # frame-dependent: never share again in this session
+        return None
 
     def backbone(self, index: int, lookahead: int = 1) -> dict[str, Any]:
         """Text-free features of one frame, encoding it (and the next frames in ``lookahead`` direction) if needed."""
@@ -254,7 +272,7 @@ class Session:
                         "non_cond_frame_outputs": {i: first for i in range(1, index)}}
                 self._step(index, False, None, bank)
                 per_track = timed(lambda: self._step(index, False, None, bank))
-        holds_volume = _nbytes(self._cache[0]) * n <= self.propagator.cache_bytes
+        holds_volume = self._entry_bytes(self._cache[0]) * n <= self.propagator.cache_bytes
         encodes = n * (1 if holds_volume else prompts)
         located = len(coarse_candidates(0, n - 1)) * per_condition if locate else 0.0
         return encodes * per_encode + prompts * (located + n * per_track)
