@@ -512,9 +512,11 @@ def start_sequence(logic, node, prompts: Sequence[str], model: Optional[str] = N
     def work() -> None:
         from TextPromptSegLib.engine.device import pick_device
         from TextPromptSegLib.engine.sequence import InteractiveSegmentation
+        from TextPromptSegLib.engine.tpp_engine import make_propagator
 
         dev = str(pick_device(device))
-        interactive = InteractiveSegmentation(source.volume, logic._model(model, dev), device=dev, window=window)
+        propagator = make_propagator(logic._model(model, dev), dev, logic.encode_batch_size, precision=logic.precision)
+        interactive = InteractiveSegmentation(source.volume, propagator=propagator, window=window)
         job.result = interactive.segment(requests, start_frame, progress=job.events.put, cancel=job.cancel)
         job.interactive = interactive
 
