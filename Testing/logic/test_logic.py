@@ -81,6 +81,41 @@ def test_volume_node_geometry_round_trip(mrml):
     assert np.argwhere(back).tolist() == [[4, 7, 3]]
 
 
+def test_masks_are_written_on_their_bounding_box_and_replace_the_whole_segment(mrml):
+    """mask_to_oriented_image covers only the mask's bounding box, yet a replace with it replaces the whole segment:
+    voxels of the previous mask outside the new box are cleared, and an empty mask empties the segment."""
+    import slicer
+    import TextPromptSegLogic as tl
+
+    node = _volume_node(mrml, np.zeros((9, 20, 24), np.int16), _oblique_flipped())
+    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(node)
+    segment_id = seg.GetSegmentation().AddEmptySegment("", "box", [1.0, 0.0, 0.0])
+    neighbour_id = seg.GetSegmentation().AddEmptySegment("", "neighbour", [0.0, 1.0, 0.0])
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    big, small, neighbour = (np.zeros((9, 20, 24), bool) for _ in range(3))
+    big[1:8, 2:18, 3:20] = True
+    small[6:8, 15:19, 20:23] = True  # mostly outside the big box
+    neighbour[0, 0:2, 0:5] = True
+    logic.SetBinaryLabelmapToSegment(tl.mask_to_oriented_image(neighbour, node), seg, neighbour_id, logic.MODE_REPLACE)
+    logic.SetBinaryLabelmapToSegment(tl.mask_to_oriented_image(big, node), seg, segment_id, logic.MODE_REPLACE)
+    assert np.array_equal(_segment_array(seg, segment_id, node, mrml), big)
+
+    image = tl.mask_to_oriented_image(small, node)
+    assert image.GetExtent() == (20, 22, 15, 18, 6, 7)
+    logic.SetBinaryLabelmapToSegment(image, seg, segment_id, logic.MODE_REPLACE)
+    assert np.array_equal(_segment_array(seg, segment_id, node, mrml), small)
+    logic.SetBinaryLabelmapToSegment(tl.mask_to_oriented_image(np.zeros_like(small), node), seg, segment_id,
+                                     logic.MODE_REPLACE)
+    export = mrml.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    mrml.segmentations.ExportSegmentsToLabelmapNode(seg, ids, export, node)
+    scalars = export.GetImageData().GetPointData().GetScalars() if export.GetImageData() else None
+    assert scalars is None or not numpy_support.vtk_to_numpy(scalars).any()
+    assert np.array_equal(_segment_array(seg, neighbour_id, node, mrml), neighbour)  # the other segment kept
+
+
 def test_two_prompts_two_named_segments_and_hand_drawn_untouched(mrml, la_array, tiny_model, tmp_path):
     import slicer
     import TextPromptSegLogic as tl

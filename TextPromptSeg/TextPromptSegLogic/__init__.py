@@ -62,15 +62,25 @@ def volume_from_node(volume_node, modality: Optional[str] = None):
 
 
 def mask_to_oriented_image(mask: np.ndarray, volume_node):
-    """(z, y, x) bool mask on the volume's grid -> vtkOrientedImageData with the volume's IJK->RAS."""
+    """(z, y, x) bool mask on the volume's grid -> vtkOrientedImageData with the volume's IJK->RAS.
+
+    The image covers only the mask's bounding box (its extent is in the volume's IJK indices; one zero voxel for an
+    empty mask): a segment on a large CT is written in a fraction of the time and memory of the whole grid.
+    """
     import slicer
     import vtk
     from vtkmodules.util import numpy_support
 
+    mask = np.asarray(mask, bool)
+    nonzero = [np.flatnonzero(mask.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]  # z, y, x
+    if any(len(ix) == 0 for ix in nonzero):
+        (z0, z1), (y0, y1), (x0, x1) = (0, 0), (0, 0), (0, 0)
+    else:
+        (z0, z1), (y0, y1), (x0, x1) = ((int(ix[0]), int(ix[-1])) for ix in nonzero)
+    box = mask[z0 : z1 + 1, y0 : y1 + 1, x0 : x1 + 1]
     image = slicer.vtkOrientedImageData()
-    nz, ny, nx = mask.shape
-    image.SetDimensions(nx, ny, nz)
-    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(mask, dtype=np.uint8).ravel(), deep=True,
+    image.SetExtent(x0, x1, y0, y1, z0, z1)
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(box, dtype=np.uint8).ravel(), deep=True,
                                          array_type=vtk.VTK_UNSIGNED_CHAR)
     image.GetPointData().SetScalars(scalars)
     matrix = vtk.vtkMatrix4x4()
