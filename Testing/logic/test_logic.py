@@ -31,6 +31,19 @@ def _volume_node(mrml, array: np.ndarray, ijk_to_ras: np.ndarray):
     return node
 
 
+def _draw_segment(seg_node, volume_node, mask: np.ndarray, name: str = "hand drawn",
+                  color=(0.1, 0.9, 0.1)) -> str:
+    """What a user's Segment Editor stroke leaves: a new segment holding ``mask`` (z, y, x on the volume grid)."""
+    import slicer
+    import TextPromptSegLogic as tl
+
+    segment_id = seg_node.GetSegmentation().AddEmptySegment("", name, list(color))
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        tl.mask_to_oriented_image(mask, volume_node), seg_node, segment_id,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    return segment_id
+
+
 def _segment_array(node, segment_id, volume_node, mrml) -> np.ndarray:
     labelmap = mrml.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     ids = vtk.vtkStringArray()
@@ -117,7 +130,6 @@ def test_masks_are_written_on_their_bounding_box_and_replace_the_whole_segment(m
 
 
 def test_two_prompts_two_named_segments_and_hand_drawn_untouched(mrml, la_array, tiny_model, tmp_path):
-    import slicer
     import TextPromptSegLogic as tl
 
     volume_node = _volume_node(mrml, la_array, _oblique_flipped())
@@ -125,10 +137,7 @@ def test_two_prompts_two_named_segments_and_hand_drawn_untouched(mrml, la_array,
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     drawn = np.zeros(la_array.shape, bool)
     drawn[2:5, 20:40, 30:60] = True
-    hand_id = seg_node.GetSegmentation().AddEmptySegment("", "hand drawn", [0.1, 0.9, 0.1])
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        tl.mask_to_oriented_image(drawn, volume_node), seg_node, hand_id,
-        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    hand_id = _draw_segment(seg_node, volume_node, drawn)
 
     logic = tl.TextPromptSegLogic(model_loader=lambda name, device: tiny_model)
     outcomes = logic.process(volume_node, seg_node, ["the left atrium", "the aorta"], device="cpu", start_slice=4)

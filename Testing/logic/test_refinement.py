@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import vtk
-from test_logic import _oblique_flipped, _segment_array, _volume_node
+from test_logic import _draw_segment, _oblique_flipped, _segment_array, _volume_node
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from interactive_model import FIXTURE, GENERIC_PROMPTS, dice, make_scene  # noqa: E402
@@ -51,7 +51,6 @@ def interactive_model():
 def case(mrml, interactive_model):
     """The scene's volume node (oblique, flipped), a segmentation with a hand-drawn segment, a Logic, and the
     ground truth of discs A and B and square Q in frame space."""
-    import slicer
     import TextPromptSegLogic as tl
     from TextPromptSegLogic.interactive import slice_geometry
 
@@ -62,10 +61,7 @@ def case(mrml, interactive_model):
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     hand = np.zeros(scene.images.shape, bool)
     hand[2:5, 100:120, 5:30] = True
-    hand_id = seg_node.GetSegmentation().AddEmptySegment("", "hand drawn", [0.1, 0.9, 0.1])
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        tl.mask_to_oriented_image(hand, volume_node), seg_node, hand_id,
-        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    hand_id = _draw_segment(seg_node, volume_node, hand)
     logic = tl.TextPromptSegLogic(model_loader=lambda name, device: interactive_model)
     geometry = slice_geometry(volume_node)
     yield {"mrml": mrml, "scene": scene, "volume": volume_node, "seg": seg_node, "hand": (hand_id, hand),
