@@ -241,6 +241,8 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .engine.device import PRECISIONS
+
     parser = argparse.ArgumentParser(prog="textpromptseg", description="Text-prompted segmentation of medical "
                                      "volumes and sequences (TGSAM-2).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -258,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "and segment it frame by frame")
     seg.add_argument("--model", help="registered model name or a checkpoint path (default: the bundled model)")
     seg.add_argument("--device", help="cuda, mps, cpu or auto (default)")
-    seg.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    seg.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="auto (default): bf16 on CUDA, float32 elsewhere; bf16 on a CPU with AVX512-BF16 or AMX "
                      "runs about 2x faster with masks within bf16 rounding of float32")
     seg.add_argument("--axis", choices=("axial", "coronal", "sagittal"), help="slicing axis (default: acquisition)")

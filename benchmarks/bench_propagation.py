@@ -27,15 +27,17 @@ def peak_rss_mb() -> float:
 
 
 def main() -> None:
+    from TextPromptSegLib.engine.device import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "hiera_s"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[512])
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--batch", type=int, default=None,
                         help="frames per encoder call (default: the engine's for the device)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="our engine's precision (auto: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--vanilla-precision", default="auto", choices=["auto", "fp32", "bf16"],
+    parser.add_argument("--vanilla-precision", default="auto", choices=PRECISIONS,
                         help="sam2's predictor's precision (auto: as shipped, bf16 autocast on CUDA, fp32 on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -31,18 +31,9 @@ def pick_device(preference: Optional[str] = None):
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def native_bf16(device) -> bool:
-    """Whether ``device`` computes bf16 in hardware: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX."""
-    import torch
-
-    kind = getattr(device, "type", str(device).split(":")[0])
-    if kind == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if kind == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(cpu, name, lambda: False)() for name in checks)
-    return False
+def _device_type(device) -> str:
+    """"cuda", "cpu", "mps" for a torch.device or a device string such as "cuda:1"."""
+    return getattr(device, "type", str(device).split(":")[0])
 
 
 def resolve_precision(device, precision: Optional[str] = "auto") -> str:
@@ -53,7 +44,7 @@ def resolve_precision(device, precision: Optional[str] = "auto") -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if getattr(device, "type", str(device).split(":")[0]) == "cuda" else "fp32"
+        return "bf16" if _device_type(device) == "cuda" else "fp32"
     return precision
 
 
@@ -62,6 +53,5 @@ def autocast(device, precision: Optional[str] = "auto") -> contextlib.AbstractCo
     import torch
 
     if resolve_precision(device, precision) == "bf16":
-        kind = getattr(device, "type", str(device).split(":")[0])
-        return torch.autocast("cuda" if kind == "cuda" else "cpu", dtype=torch.bfloat16)
+        return torch.autocast("cuda" if _device_type(device) == "cuda" else "cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

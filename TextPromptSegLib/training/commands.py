@@ -222,6 +222,8 @@ def cmd_corrections(args) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ..engine.device import PRECISIONS
+
     co = sub.add_parser("corrections", help="turn corrected .seg.nrrd files saved from Slicer into a training pack")
     co.add_argument("folder", help="folder of NAME.seg.nrrd files, each beside its image NAME.nrrd/.nii.gz")
     co.add_argument("-o", "--out", required=True, help="the .npz pack to write")
@@ -239,7 +241,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--first-mask-model", help="a TPP whose start-slice mask prompts --model (TPP -> SAM-2)")
     ev.add_argument("--out", default="evaluation")
     ev.add_argument("--device")
-    ev.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    ev.add_argument("--precision", choices=PRECISIONS, default="auto",
                     help="auto: bf16 on CUDA, float32 elsewhere")
     ev.set_defaults(func=cmd_evaluate, structure=None)
 
