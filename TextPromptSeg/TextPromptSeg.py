@@ -194,7 +194,7 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasPrompt = bool(p.prompts.strip())
         self.ui.segmentButton.enabled = bool(p.inputVolume and hasPrompt and self._job is None)
         if p.inputVolume and p.inputVolume.GetImageData():
-            axis = None if p.axis == "auto" else p.axis
+            axis = self._axis()
             last = self.logic.sliceCount(p.inputVolume, axis) - 1
             for spinBox in (self.ui.startSliceSpinBox, self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox):
                 spinBox.maximum = last
@@ -245,7 +245,7 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                                           _("TextPromptSeg"))
                 p.outputSegmentation.CreateDefaultDisplayNodes()
-            axis = None if p.axis == "auto" else p.axis
+            axis = self._axis()
             if p.sequence:  # --- 2D+t sequences (issue 5): a sequence's frames, or a multi-frame volume
                 isSequence = bool(slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(p.inputVolume))
                 self._job = self.logic.start_sequence(
@@ -253,8 +253,8 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     start_frame=None if p.startSlice < 0 else p.startSlice,
                     output_node=None if isSequence else p.outputSegmentation)
             else:
-                boxSlice = self.logic.sliceIndexFromRAS(p.inputVolume, self._redSliceCenter(), self._axis())
-                visual = self.logic.collect_visual_prompts(p.inputVolume, self._axis(), box_slice=boxSlice)
+                boxSlice = self.logic.sliceIndexFromRAS(p.inputVolume, self._redSliceCenter(), axis)
+                visual = self.logic.collect_visual_prompts(p.inputVolume, axis, box_slice=boxSlice)
                 self._job = self.logic.start(p.inputVolume, p.prompts.splitlines(), model=p.model or None,
                                              device=p.device, start_slice=None if p.startSlice < 0 else p.startSlice,
                                              axis=axis, direction=p.direction, max_empty_run=p.maxEmptyRun or None,

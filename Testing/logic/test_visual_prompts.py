@@ -207,7 +207,7 @@ def test_slab_writes_change_only_their_slices(mrml, probe_volume, axis):
     import slicer
     import TextPromptSegLogic as tl
     from test_logic import _segment_array
-    from TextPromptSegLogic.interactive import segment_mask_on_volume, slice_geometry, write_slices
+    from TextPromptSegLogic.interactive import segment_mask_on_volume, slice_geometry, write_frames
 
     array, node = probe_volume
     seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -224,7 +224,7 @@ def test_slab_writes_change_only_their_slices(mrml, probe_volume, axis):
     geometry = slice_geometry(node, axis)
     frames = geometry.to_frames(masks["refined"]).copy()
     new = rng.random((2, *frames.shape[1:])) < 0.5
-    write_slices(node, seg, masks["refined_id"], geometry, 1, new)
+    write_frames(node, seg, masks["refined_id"], geometry, {1: new[0], 2: new[1]})
     frames[1:3] = new
     assert np.array_equal(segment_mask_on_volume(seg, masks["refined_id"], node), geometry.from_frames(frames))
     assert np.array_equal(_segment_array(seg, masks["refined_id"], node, mrml), geometry.from_frames(frames))
@@ -239,7 +239,7 @@ def test_slab_write_of_a_compact_segment(mrml, count):
     import slicer
     import TextPromptSegLogic as tl
     from test_logic import _segment_array
-    from TextPromptSegLogic.interactive import slice_geometry, write_slices
+    from TextPromptSegLogic.interactive import slice_geometry, write_frames
 
     node = _volume_node(mrml, np.zeros((12, 40, 40), np.float32), _oblique_flipped())
     seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -258,7 +258,7 @@ def test_slab_write_of_a_compact_segment(mrml, count):
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         tl.mask_to_oriented_image(geometry.from_frames(frames), node), seg, sid,
         slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-    write_slices(node, seg, sid, geometry, 5, np.repeat(a[None], count, 0))
+    write_frames(node, seg, sid, geometry, {5 + i: a for i in range(count)})
     frames[5 : 5 + count] = a
     assert np.array_equal(_segment_array(seg, sid, node, mrml), geometry.from_frames(frames))
     assert np.array_equal(_segment_array(seg, hand_id, node, mrml), hand)

@@ -111,28 +111,6 @@ def segment_labelmap_copy(segmentation_node, segment_id: str):
     return copy
 
 
-def segment_mask(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
-    """(z, y, x) bool mask of one segment resampled on ``volume_node``'s voxel grid (the Segmentations logic's
-    export, so shared layers, cropped extents and other geometries are handled as Slicer handles them)."""
-    import slicer
-    import vtk
-    from vtkmodules.util import numpy_support
-
-    scene = volume_node.GetScene()
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    try:
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(segment_id)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                segmentation_node, ids, labelmap, volume_node):
-            raise ValueError(f"segment {segment_id!r} could not be exported on the volume's grid")
-        image = labelmap.GetImageData()
-        values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-        return values.reshape(image.GetDimensions()[::-1]) > 0
-    finally:
-        scene.RemoveNode(labelmap)
-
-
 def segment_tag(segment, tag: str) -> str:
     """A segment's tag value ('' when absent)."""
     import vtk
@@ -897,7 +875,7 @@ class TextPromptSegLogic:
         """Main thread: write the slices a refinement changed into the segment (only that segment and only
         those slices: every other slice keeps its voxels, including edits made while the model ran); undoable
         with :meth:`undo`."""
-        from .interactive import segment_mask_on_volume, slice_digests, slice_geometry, write_slices
+        from .interactive import segment_mask_on_volume, slice_digests, slice_geometry, write_segment
 
         info, result = job.info, job.result
         segment_id = info["segment_id"]
@@ -910,9 +888,8 @@ class TextPromptSegLogic:
         previous_state = self._states.get((segmentation_node.GetID(), segment_id))
         saved = info.pop("saved", None)  # kept by show_refinement_progress before its first slice
         saved = saved if saved is not None else segment_labelmap_copy(segmentation_node, segment_id)
-        if result.frame_masks:
-            first, last = min(result.frame_masks), max(result.frame_masks)
-            write_slices(volume_node, segmentation_node, segment_id, geometry, first, frames[first : last + 1])
+        if result.frame_masks:  # the segment as read above, with the changed slices replaced
+            write_segment(volume_node, segmentation_node, segment_id, geometry, frames)
         # one undo step per user action, even one that changed nothing (Undo must not skip to an older action)
         self.undo_stack.append(_UndoEntry(segmentation_node, {segment_id: saved}, {segment_id: previous_state}))
         spacing, _, _ = geometry_from_node(volume_node)
@@ -931,13 +908,9 @@ class TextPromptSegLogic:
 
     @staticmethod
     def _segment_prompt(segmentation_node, segment_id: str) -> str:
-        import vtk
-
+        """The segment's stored prompt, else its name (the text for refining a segment without engine state)."""
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-        value = vtk.reference("")
-        if segment.GetTag(PROMPT_TAG, value) and str(value).strip():
-            return str(value)
-        return segment.GetName()
+        return segment_prompt(segment) if segment_prompt(segment).strip() else segment.GetName()
     # ================================================================ end interactive refinement (issue 5) =====
 
 

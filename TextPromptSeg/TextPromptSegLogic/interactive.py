@@ -284,16 +284,6 @@ def segment_mask_on_volume(segmentation_node, segment_id: str, volume_node) -> n
     return array > 0
 
 
-def write_slices(volume_node, segmentation_node, segment_id: str, geometry, first: int, frames: np.ndarray) -> None:
-    """Replace the segment's voxels on slices first .. first+len(frames)-1 of the slicing axis (and only there).
-
-    frames: (M, H, W) bool in frame space. See :func:`write_frames`.
-    """
-    frames = np.asarray(frames, bool)
-    write_frames(volume_node, segmentation_node, segment_id, geometry,
-                 {first + i: frame for i, frame in enumerate(frames)})
-
-
 def write_frames(volume_node, segmentation_node, segment_id: str, geometry, masks: dict[int, np.ndarray]) -> None:
     """Replace the segment's voxels on the slices ``masks`` names ({slice: (H, W) bool in frame space}), only there.
 
@@ -302,10 +292,6 @@ def write_frames(volume_node, segmentation_node, segment_id: str, geometry, mask
     do this segment's other slices). Extent-limited min/max merges would touch only a slab, but slicer-core's
     merges dropped a slab's new voxels when the segment lies next to another segment, so they are not used.
     """
-    import slicer
-
-    from . import mask_to_oriented_image
-
     if not masks:
         return
     current = geometry.to_frames(segment_mask_on_volume(segmentation_node, segment_id, volume_node)).copy()
@@ -314,10 +300,20 @@ def write_frames(volume_node, segmentation_node, segment_id: str, geometry, mask
         raise ValueError(f"slices {sorted(outside)} are outside the volume (0..{len(current) - 1})")
     for n, mask in masks.items():
         current[n] = np.asarray(mask, bool)
+    write_segment(volume_node, segmentation_node, segment_id, geometry, current)
+
+
+def write_segment(volume_node, segmentation_node, segment_id: str, geometry, frames: np.ndarray) -> None:
+    """Replace the whole segment with ``frames`` ((N, H, W) bool in frame space of ``geometry``); other segments,
+    shared layer or not, keep their voxels."""
+    import slicer
+
+    from . import mask_to_oriented_image
+
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.SetBinaryLabelmapToSegment(mask_to_oriented_image(geometry.from_frames(current), volume_node),
+    if not logic.SetBinaryLabelmapToSegment(mask_to_oriented_image(geometry.from_frames(frames), volume_node),
                                             segmentation_node, segment_id, logic.MODE_REPLACE):
-        raise RuntimeError(f"Slicer could not write slices {sorted(masks)} of the segment")
+        raise RuntimeError(f"Slicer could not write the segment {segment_id!r}")
 
 
 def slice_digests(frames: np.ndarray) -> list[bytes]:

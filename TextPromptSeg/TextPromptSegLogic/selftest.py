@@ -64,6 +64,7 @@ def check_segment_bundled_sample(env: SelfTestEnvironment) -> dict[str, float]:
     """The bundled model segments the bundled CT: one named, coloured segment with its prompt and terminology,
     on the voxels of the reference outline (Dice above MIN_SAMPLE_DICE); the summary matches the mask."""
     import TextPromptSegLogic as tl
+    from TextPromptSegLogic.interactive import segment_mask_on_volume as segment_mask
 
     volume = load_volume(env, SAMPLE, "STS_002")
     reference = volume_array(load_volume(env, REFERENCE, "STS_002 reference")) > 0
@@ -76,7 +77,7 @@ def check_segment_bundled_sample(env: SelfTestEnvironment) -> dict[str, float]:
     assert segment.GetName() == "Soft-tissue sarcoma", f"segment named {segment.GetName()!r}"
     assert tl.segment_prompt(segment) == PROMPT, "the prompt must be stored in the segment's tags"
     assert "SCT" in tl.segment_tag(segment, segment.GetTerminologyEntryTagName()), "no SNOMED terminology"
-    mask = tl.segment_mask(segmentation, outcome.segment_id, volume)
+    mask = segment_mask(segmentation, outcome.segment_id, volume)
     assert mask.shape == reference.shape, "the segment must lie on the volume's grid"
     score = dice(mask, reference)
     assert score >= MIN_SAMPLE_DICE, f"Dice {score:.3f} against the reference outline (expected >= {MIN_SAMPLE_DICE})"
@@ -92,6 +93,7 @@ def check_rerun_undo_and_other_segments(env: SelfTestEnvironment) -> None:
     import slicer
 
     import TextPromptSegLogic as tl
+    from TextPromptSegLogic.interactive import segment_mask_on_volume as segment_mask
 
     volume = load_volume(env, SAMPLE, "STS_002")
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -104,21 +106,21 @@ def check_rerun_undo_and_other_segments(env: SelfTestEnvironment) -> None:
         slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
 
     first = env.logic.process(volume, segmentation, [PROMPT], device=env.device)[0]
-    before = tl.segment_mask(segmentation, first.segment_id, volume)
+    before = segment_mask(segmentation, first.segment_id, volume)
     second = env.logic.process(volume, segmentation, [PROMPT], device=env.device, start_slice=24,
                                slice_range=(18, 30))[0]
     assert second.segment_id == first.segment_id, "a re-run must replace the prompt's own segment"
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
-    after = np.moveaxis(tl.segment_mask(segmentation, second.segment_id, volume),
+    after = np.moveaxis(segment_mask(segmentation, second.segment_id, volume),
                         2 - env.logic.slicing_axis(volume), 0)  # slices first
     outside = np.ones(after.shape[0], bool)
     outside[18:31] = False
     assert not after[outside].any(), "slices outside the chosen range must stay empty"
     assert 0 < second.slices_with_object <= 13, f"{second.slices_with_object} slices found in a 13-slice range"
-    assert np.array_equal(tl.segment_mask(segmentation, hand_id, volume), drawn), "the hand-drawn segment changed"
+    assert np.array_equal(segment_mask(segmentation, hand_id, volume), drawn), "the hand-drawn segment changed"
     assert env.logic.undo(), "undo had nothing to restore"
-    assert np.array_equal(tl.segment_mask(segmentation, first.segment_id, volume), before), "undo is not exact"
-    assert np.array_equal(tl.segment_mask(segmentation, hand_id, volume), drawn)
+    assert np.array_equal(segment_mask(segmentation, first.segment_id, volume), before), "undo is not exact"
+    assert np.array_equal(segment_mask(segmentation, hand_id, volume), drawn)
 
 
 def check_refine_from_slice_and_undo(env: SelfTestEnvironment) -> None:
@@ -128,13 +130,14 @@ def check_refine_from_slice_and_undo(env: SelfTestEnvironment) -> None:
     import slicer
 
     import TextPromptSegLogic as tl
+    from TextPromptSegLogic.interactive import segment_mask_on_volume as segment_mask
     from TextPromptSegLogic.interactive import slice_geometry
 
     volume = load_volume(env, SAMPLE, "STS_002")
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     outcome = env.logic.process(volume, segmentation, [PROMPT], device=env.device, start_slice=24)[0]
     geometry = slice_geometry(volume)
-    frames = geometry.to_frames(tl.segment_mask(segmentation, outcome.segment_id, volume)).copy()
+    frames = geometry.to_frames(segment_mask(segmentation, outcome.segment_id, volume)).copy()
     assert frames[24].any(), "the start slice has no segment to correct"
     frames[24][:, frames.shape[2] // 2:] = False
     edited = geometry.from_frames(frames)
@@ -142,11 +145,11 @@ def check_refine_from_slice_and_undo(env: SelfTestEnvironment) -> None:
         tl.mask_to_oriented_image(edited, volume), segmentation, outcome.segment_id,
         slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
     refined = env.logic.refine_from_slice(volume, segmentation, outcome.segment_id, 24, device=env.device)
-    after = geometry.to_frames(tl.segment_mask(segmentation, outcome.segment_id, volume))
+    after = geometry.to_frames(segment_mask(segmentation, outcome.segment_id, volume))
     assert np.array_equal(after[24], frames[24]), "the corrected slice must stay exactly as edited"
     assert refined.encoded_slices == 0, f"refinement re-encoded {refined.encoded_slices} slices"
     assert env.logic.undo(), "undo had nothing to restore"
-    assert np.array_equal(tl.segment_mask(segmentation, outcome.segment_id, volume), edited), "undo is not exact"
+    assert np.array_equal(segment_mask(segmentation, outcome.segment_id, volume), edited), "undo is not exact"
 
 
 def check_cancel_leaves_segmentation_unchanged(env: SelfTestEnvironment) -> None:

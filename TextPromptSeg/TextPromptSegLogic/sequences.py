@@ -37,6 +37,7 @@ from . import (
     PROMPT_TAG,
     SegmentationJob,
     SegmentOutcome,
+    TextPromptSegLogic,
     _library_entry,
     mask_to_oriented_image,
     segment_labelmap_copy,
@@ -167,37 +168,11 @@ def _sequences_logic(given=None):
 def item_mask(item, segment_id: str, frame_node) -> np.ndarray:
     """A segment of a segmentation node as a bool array on ``frame_node``'s voxel grid (z, y, x); all False when
     the segment is missing or empty."""
-    import slicer
-    import vtk
-    from vtkmodules.util import numpy_support
+    from .interactive import segment_mask_on_volume, volume_shape_zyx
 
-    dims = frame_node.GetImageData().GetDimensions()
-    empty = np.zeros(dims[::-1], bool)
-    labelmap = segment_labelmap_copy(item, segment_id)
-    if labelmap is None or labelmap.GetPointData().GetScalars() is None or labelmap.IsEmpty():
-        return empty
-    reference = slicer.vtkOrientedImageData()
-    reference.SetDimensions(*dims)
-    matrix = vtk.vtkMatrix4x4()
-    frame_node.GetIJKToRASMatrix(matrix)
-    reference.SetImageToWorldMatrix(matrix)
-    reference.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    out = slicer.vtkOrientedImageData()
-    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference,
-                                                                                                 out):
-        return empty
-    values = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars())
-    return values.reshape(dims[::-1]) > 0
-
-
-def _segment_for_prompt(segmentation, prompt: str) -> Optional[str]:
-    import vtk
-
-    for i in range(segmentation.GetNumberOfSegments()):
-        value = vtk.reference("")
-        if segmentation.GetNthSegment(i).GetTag(PROMPT_TAG, value) and str(value) == prompt:
-            return segmentation.GetNthSegmentID(i)
-    return None
+    if item.GetSegmentation().GetSegment(segment_id) is None:
+        return np.zeros(volume_shape_zyx(frame_node), bool)
+    return segment_mask_on_volume(item, segment_id, frame_node)
 
 
 def _style(segment, seg) -> None:
@@ -344,7 +319,7 @@ class SequenceRun:
             item = self._item(frame, create=False)
             if item is None:
                 continue
-            found = _segment_for_prompt(item.GetSegmentation(), seg.prompt)
+            found = TextPromptSegLogic.segment_id_for_prompt(item, seg.prompt)
             if found:  # a re-run reuses the segment of the same prompt
                 self.segment_ids[seg.prompt] = found
                 return found
