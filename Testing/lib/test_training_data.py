@@ -141,3 +141,24 @@ def test_time_budget_halves_the_lr_at_most_three_times(tmp_path, tiny_text_encod
     assert trainer.step > 60  # ran on well past the fitted 31 steps
     assert min(lrs) == pytest.approx(1e-3 / 8) and lrs[-1] == pytest.approx(1e-3 / 8)
     assert sorted(set(lrs), reverse=True) == pytest.approx([1e-3, 1e-3 / 2, 1e-3 / 4, 1e-3 / 8])
+
+
+def test_p_object_sets_how_often_clips_start_on_the_structure():
+    from TextPromptSegLib.training.data import Case
+    from TextPromptSegLib.training.trainer import TrainConfig
+
+    n, size = 40, 16
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    masks[18:22, 4:12, 4:12] = True  # the structure on 4 of 40 slices
+    frames = masks[:, None].expand(-1, 3, -1, -1).half()
+    case = Case("x", "left atrium", frames, masks, ["the left atrium"])
+
+    def starts_on_object(p_object: float) -> float:
+        sampler = ClipSampler([case], length=2, p_object=p_object, seed=1)
+        _, targets, _ = sampler.sample(400)
+        return float(targets[:, 0].flatten(1).any(1).float().mean())
+
+    assert starts_on_object(1.0) == 1.0
+    assert 0.35 < starts_on_object(0.5) < 0.65  # half on the structure, half anywhere (4/40 of those on it)
+    assert starts_on_object(0.0) < 0.25
+    assert TrainConfig().p_object == 0.9  # the default of every bundled recipe so far

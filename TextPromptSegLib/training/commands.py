@@ -170,8 +170,8 @@ def cmd_train(args) -> int:
     if isinstance(model, TPP):
         train_spec.setdefault("prompts_per_clip", model.config.num_prompts)
     config = TrainConfig(**train_spec)
-    sampler = ClipSampler(cases, config.clip_length, seed=config.seed + rank, p_spatial=config.augment_spatial,
-                          prompts_per_clip=config.prompts_per_clip)
+    sampler = ClipSampler(cases, config.clip_length, p_object=config.p_object, seed=config.seed + rank,
+                          p_spatial=config.augment_spatial, prompts_per_clip=config.prompts_per_clip)
     trainer = Trainer(model, sampler, config, Path(args.out))
     trainer.resume()
     trainer.fit(progress_bar=sys.stderr.isatty())

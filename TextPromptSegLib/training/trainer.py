@@ -41,6 +41,8 @@ class TrainConfig:
     # budget, every quarter of the steps estimated from the rate measured after step 20
     grad_accum: int = 1  # micro-batches of ``batch_size`` clips per optimiser step
     prompts_per_clip: int = 1  # > 1: clips may get up to this many prompt variants joined by ';' (TPP's Np)
+    p_object: float = 0.9  # probability that a clip starts on a slice with the structure (else anywhere in the
+    # volume: with a pack cropped wide, that teaches the object score to leave slices without it empty)
 
 
 def trainable_parameters(model, mode: str) -> list[torch.nn.Parameter]:
