@@ -234,9 +234,12 @@ def cmd_info(args) -> int:
             print(f"  {module} {getattr(mod, '__version__', getattr(mod, 'Version', lambda: '?')())}")
         except ImportError:
             print(f"  {module}: not installed")
-    from .engine.device import pick_device
+    from .engine.device import keep_freed_host_memory, pick_device
 
     print(f"  default device: {pick_device(None)}")
+    kept = keep_freed_host_memory()
+    print("  host memory: " + ("freed tensors' memory is kept for reuse (TEXTPROMPTSEG_MALLOC=system: off)" if kept
+                               else "the system allocator's default"))
     return 0
 
 
@@ -303,6 +306,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("transformers", "huggingface_hub", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from .engine.device import keep_freed_host_memory
+
+    keep_freed_host_memory()  # large CPU tensors reuse freed pages instead of faulting in fresh ones
     start = time.perf_counter()
     try:
         code = args.func(args)

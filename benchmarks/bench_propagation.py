@@ -41,9 +41,15 @@ def main() -> None:
                         help="sam2's predictor's precision (auto: as shipped, bf16 autocast on CUDA, fp32 on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="apply the command-line tool's malloc setting (engine.device.keep_freed_host_memory) "
+                             "to this process, so to both sides")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from TextPromptSegLib.engine.device import keep_freed_host_memory
+
+    malloc = "freed memory kept (both sides)" if args.keep_freed_memory and keep_freed_host_memory() else "system"
 
     from TextPromptSegLib.modeling.config import TextEncoderConfig, get_config
     from TextPromptSegLib.modeling.testing import make_tiny_text_encoder
@@ -56,7 +62,7 @@ def main() -> None:
     batch = args.batch or default_encode_batch_size(device)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, device {device}{gpu}, {batch} frames per encoder call, "
-          f"precision ours {args.precision}, sam2's {args.vanilla_precision}")
+          f"precision ours {args.precision}, sam2's {args.vanilla_precision}, malloc {malloc}")
     print("| config | size | frames | ours ms/slice | ours slices/s | vanilla ms/slice | ratio | differ | "
           "estimate / actual | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -55,3 +55,38 @@ def autocast(device, precision: Optional[str] = "auto") -> contextlib.AbstractCo
     if resolve_precision(device, precision) == "bf16":
         return torch.autocast("cuda" if _device_type(device) == "cuda" else "cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+_HOST_MALLOC_KEPT = False
+
+
+def keep_freed_host_memory() -> bool:
+    """Make this process's malloc (glibc on Linux) keep freed memory for the next tensors instead of returning it.
+
+    glibc maps every allocation above 32 MB with a fresh ``mmap`` and unmaps it when freed, so each large tensor
+    of a CPU forward pass (Hiera's activations at 1024 px are 25-100 MB) starts on untouched pages that the kernel
+    faults in and zeroes one by one. With mmap off and trimming effectively off, those tensors reuse the heap's
+    pages: the Hiera-S encoder at 1024 px runs 3.2 -> 2.3 s per frame on the project's 2-core CPU
+    (benchmarks/RESULTS.md). Same arithmetic, same output; the cost is that the process keeps its peak heap until it
+    exits. Applied once per process by the command-line tool (never inside Slicer, whose memory is the user's);
+    ``TEXTPROMPTSEG_MALLOC=system`` leaves the allocator alone. Returns whether the setting is in effect."""
+    global _HOST_MALLOC_KEPT
+    import ctypes
+    import os
+    import sys
+
+    if _HOST_MALLOC_KEPT:
+        return True
+    if os.environ.get("TEXTPROMPTSEG_MALLOC", "keep") == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        glibc = hasattr(libc, "gnu_get_libc_version")  # musl and others have no mallopt with these meanings
+    except (OSError, AttributeError):
+        return False
+    if not glibc:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    _HOST_MALLOC_KEPT = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    return _HOST_MALLOC_KEPT
