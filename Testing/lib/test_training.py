@@ -36,27 +36,30 @@ def test_resume_gives_the_same_next_step_loss(la_cases, tiny_text_encoder_dir, t
     assert resumed.train_step() == pytest.approx(uninterrupted, rel=0, abs=1e-6)
 
 
-def test_every_shipped_recipe_parses():
-    """The configs the model card cites: their train section is a valid TrainConfig and their model preset exists
-    (a misspelt key such as "p_objct" would otherwise fail only at the start of a long run)."""
-    import json
+def test_every_shipped_recipe_parses(tmp_path):
+    """The configs the model card cites pass the trainer's config check (known keys, a valid TrainConfig) and name
+    an existing model preset; a misspelt key such as "p_objct" fails at once instead of being ignored for a run."""
     from pathlib import Path
 
     import TextPromptSegLib.training as training
     from TextPromptSegLib.modeling.config import get_config
     from TextPromptSegLib.modeling.tpp import tpp_config
+    from TextPromptSegLib.training.commands import read_training_config
 
     configs = sorted((Path(training.__file__).parent / "configs").glob("*.json"))
     assert len(configs) >= 8
     for path in configs:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-        TrainConfig(**spec.get("train", {}))
+        spec = read_training_config(path)
         model = spec.get("model", "small")
         model = {"type": "tgsam2", "preset": model} if isinstance(model, str) else model
         if model.get("type", "tgsam2") == "tpp":
             tpp_config(model.get("preset", "small"))
         else:
             get_config(model["preset"])
-        assert set(spec) <= {"model", "init", "packed", "text_features", "repeat", "train", "datasets", "data",
-                             "crop_margin", "image_size", "shared_adapters", "nnunet", "sequences",
-                             "la2018_cases", "sts_sarcoma_cases", "brats2013_cases"}, path.name
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": "small", "sarcoma_repeat": 2}', encoding="utf-8")
+    with pytest.raises(ValueError, match="sarcoma_repeat"):
+        read_training_config(bad)
+    bad.write_text('{"model": "small", "train": {"p_objct": 0.5}}', encoding="utf-8")
+    with pytest.raises(ValueError, match="p_objct"):
+        read_training_config(bad)

@@ -145,6 +145,25 @@ def build_training_model(spec: dict, base: Path, device: str | None):
     return model, model_cfg.image_size
 
 
+def read_training_config(path: Path) -> dict:
+    """A training config (JSON), checked before any data is read: an unknown top-level key (a misspelt
+    ``"repeat"``, say) or ``train`` entry raises ValueError instead of being ignored for a whole run."""
+    from .data import DATASETS
+    from .trainer import TrainConfig
+
+    spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    known = {"model", "init", "packed", "text_features", "repeat", "train", "datasets", "data", "crop_margin",
+             "image_size", "shared_adapters", "nnunet", "sequences", *(f"{name}_cases" for name in DATASETS)}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"{Path(path).name}: unknown training config key(s) {unknown}; known: {sorted(known)}")
+    try:
+        TrainConfig(**spec.get("train", {}))
+    except TypeError as exc:
+        raise ValueError(f"{Path(path).name}: bad 'train' entry: {exc}") from exc
+    return spec
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -154,7 +173,7 @@ def cmd_train(args) -> int:
     from .trainer import TrainConfig, Trainer
 
     config_path = Path(args.config)
-    spec = json.loads(config_path.read_text(encoding="utf-8"))
+    spec = read_training_config(config_path)
     root = Path(spec.get("data", args.data))
     model, image_size = build_training_model(spec, config_path.parent, args.device)
     volumes = _training_volumes(spec, root, config_path.parent)
