@@ -17,10 +17,11 @@ from mrml import make_scene, read_seg_nrrd  # noqa: E402
 
 from TextPromptSegLib.cli import main  # noqa: E402
 from TextPromptSegLib.engine.pipeline import SegmentRequest, segment_volume  # noqa: E402
-from TextPromptSegLib.engine.tpp_engine import make_propagator, tpp_prompts  # noqa: E402
+from TextPromptSegLib.engine.tpp_engine import make_propagator  # noqa: E402
 from TextPromptSegLib.io.volumes import read_volume  # noqa: E402
 from TextPromptSegLib.modeling.checkpoint import save_checkpoint  # noqa: E402
 from TextPromptSegLib.modeling.tpp import build_tpp, save_tpp, tpp_config  # noqa: E402
+from TextPromptSegLib.prompts import prompt_set  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,12 @@ def la_volume(shared_data, tmp_path_factory) -> Path:
 
 
 def test_tpp_prompts_expand_a_library_structure():
-    assert tpp_prompts("the spleen; a bean-shaped organ") == ["the spleen", "a bean-shaped organ"]
-    expanded = tpp_prompts("spleen")
+    assert prompt_set("the spleen; a bean-shaped organ") == ["the spleen", "a bean-shaped organ"]
+    expanded = prompt_set("spleen")
     assert expanded[0] == "spleen" and 2 <= len(expanded) <= 3
-    assert tpp_prompts("a strange thing nobody catalogued") == ["a strange thing nobody catalogued"]
+    assert prompt_set("a strange thing nobody catalogued") == ["a strange thing nobody catalogued"]
     with pytest.raises(ValueError, match="1 to 3 prompts"):
-        tpp_prompts("a; b; c; d")
+        prompt_set("a; b; c; d")
 
 
 def test_tpp_checkpoint_round_trip(tpp_checkpoint):

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..prompts import prompt_set
 from .device import autocast, pick_device, resolve_precision
 from .progress import CancelToken, ProgressCallback, ProgressTracker
 from .propagation import PropagationResult, check_frame_range, coarse_candidates
@@ -35,14 +36,6 @@ def make_propagator(model, device=None, encode_batch_size: Optional[int] = None,
     if first_mask_model is not None:
         return FirstMaskPipeline(TPPPropagator(first_mask_model, propagator.device, precision=precision), propagator)
     return propagator
-
-
-def tpp_prompts(text: str, max_prompts: int = 3) -> list[str]:
-    """1 to 3 prompts for one structure: ``;``-separated in the text, else the text plus the prompt library's
-    profile / shape / colour descriptions of the structure it names (``prompts.prompt_set``)."""
-    from ..prompts import prompt_set
-
-    return prompt_set(text, max_prompts)
 
 
 class TPPPropagator:
@@ -72,7 +65,7 @@ class TPPSession:
         return self.frames.get([index]).to(self.propagator.device)
 
     def _words(self, prompt: str):
-        return self.model.encode_prompts(tpp_prompts(prompt))
+        return self.model.encode_prompts(prompt_set(prompt))
 
     def _first_step(self, prompt: str, index: int, words, mask) -> dict:
         """TPP on slice ``index`` as the first image of a sequence (Nq queries, prompt selection), computed once per
