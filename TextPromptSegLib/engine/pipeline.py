@@ -135,6 +135,26 @@ class PreparedVolume:
     def to_volume_mask(self, frame_masks: np.ndarray) -> np.ndarray:
         return self.geometry.from_frames(frame_masks)
 
+    def logits_to_frames(self, logits, out: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        """Write the frame-space masks of low-resolution ``logits`` (N, S/4, S/4) into ``out`` (N, H, W) bool on
+        the given frames, 16 at a time (memory bounded by the chunk, not the volume); returns ``out``."""
+        indices = list(indices)
+        for start in range(0, len(indices), 16):
+            chunk = indices[start : start + 16]
+            out[chunk] = self.transform.logits_to_frame(logits[chunk])
+        return out
+
+    def segment_result(self, frame_masks: np.ndarray, propagation, *, name: str, prompt: str,
+                       color: tuple[float, float, float], start_slice: int) -> SegmentResult:
+        """A SegmentResult of frame-space masks (N, H, W) bool: the mask on the volume grid, each slice's area and
+        the volume, with ``propagation``'s per-slice scores."""
+        mask = self.to_volume_mask(frame_masks)
+        areas = frame_masks.reshape(len(self), -1).sum(1) * self.geometry.row_spacing * self.geometry.col_spacing
+        voxel_ml = float(np.prod(self.volume.spacing)) / 1000.0
+        return SegmentResult(name=name, prompt=prompt, color=color, mask=mask, slice_scores=propagation.scores,
+                             slice_areas_mm2=areas, volume_ml=float(mask.sum()) * voxel_ml, start_slice=start_slice,
+                             propagation=propagation)
+
 
 def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=None, *, propagator=None,
                    device: Optional[str] = None, axis: Optional[str] = None, start_slice: Optional[int] = None,
@@ -174,8 +194,6 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
             progress(ProgressEvent("estimate", 0, frames, -1, seconds,
                                    f"estimated {seconds:.0f} s for {len(requests)} prompt(s) over {frames} slices "
                                    f"on {getattr(propagator, 'device', 'this device')} (measured on this machine)"))
-    row_mm, col_mm = prepared.geometry.row_spacing, prepared.geometry.col_spacing
-    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     transform = prepared.transform
     results = []
     for i, request in enumerate(requests):
@@ -190,19 +208,13 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
         result = session.propagate(request.prompt.strip(), start_index=start_slice, mask_prompts=masks,
                                    point_prompts=points, max_empty_run=max_empty_run, direction=direction,
                                    frame_range=slice_range, progress=relay, cancel=cancel)
-        frame_masks = np.zeros(prepared.frames.shape[:3], bool)
-        for start in range(0, len(prepared), 16):
-            frame_masks[start : start + 16] = transform.logits_to_frame(result.logits[start : start + 16])
+        frame_masks = prepared.logits_to_frames(result.logits, np.zeros(prepared.frames.shape[:3], bool),
+                                                range(len(prepared)))
         for n, m in request.mask_prompts.items():  # a drawn mask is kept exactly as drawn
             frame_masks[n] = np.asarray(m, bool)
-        mask = prepared.to_volume_mask(frame_masks)
-        areas = frame_masks.reshape(len(prepared), -1).sum(1) * row_mm * col_mm
-        results.append(SegmentResult(
-            name=request.name or request.prompt.strip(), prompt=request.prompt.strip(),
-            color=tuple(request.color or PALETTE[i % len(PALETTE)]), mask=mask, slice_scores=result.scores,
-            slice_areas_mm2=areas, volume_ml=float(mask.sum()) * voxel_ml, start_slice=result.start_index,
-            propagation=result,
-        ))
+        results.append(prepared.segment_result(
+            frame_masks, result, name=request.name or request.prompt.strip(), prompt=request.prompt.strip(),
+            color=tuple(request.color or PALETTE[i % len(PALETTE)]), start_slice=result.start_index))
     return VolumeSegmentation(volume=volume, geometry=prepared.geometry, segments=results)
 
 

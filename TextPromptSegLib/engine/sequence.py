@@ -118,24 +118,13 @@ class InteractiveSegmentation:
         result.extra[CORRECTIONS] = corrections
 
         old = self.frame_masks(segment)
-        frames = old.copy()
         recomputed = [i for i in result.extra.get("changed", []) if i not in corrections]
-        for start in range(0, len(recomputed), 16):
-            chunk = recomputed[start : start + 16]
-            frames[chunk] = transform.logits_to_frame(result.logits[chunk])
+        frames = self.prepared.logits_to_frames(result.logits, old.copy(), recomputed)
         for index, drawn in corrections.items():  # drawn masks are kept exactly as drawn
             frames[index] = drawn
         changed = [i for i in range(n) if not np.array_equal(frames[i], old[i])]
-
-        geometry = self.prepared.geometry
-        volume_mask = self.prepared.to_volume_mask(frames)
-        areas = frames.reshape(n, -1).sum(1) * geometry.row_spacing * geometry.col_spacing
-        voxel_ml = float(np.prod(self.volume.spacing)) / 1000.0
-        refined = SegmentResult(
-            name=segment.name, prompt=segment.prompt, color=segment.color, mask=volume_mask,
-            slice_scores=result.scores, slice_areas_mm2=areas, volume_ml=float(volume_mask.sum()) * voxel_ml,
-            start_slice=segment.start_slice, propagation=result,
-        )
+        refined = self.prepared.segment_result(frames, result, name=segment.name, prompt=segment.prompt,
+                                               color=segment.color, start_slice=segment.start_slice)
         return Refinement(refined, frame, list(result.order), changed)
 
 
