@@ -910,7 +910,8 @@ class TextPromptSegLogic:
     def _segment_prompt(segmentation_node, segment_id: str) -> str:
         """The segment's stored prompt, else its name (the text for refining a segment without engine state)."""
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-        return segment_prompt(segment) if segment_prompt(segment).strip() else segment.GetName()
+        prompt = segment_prompt(segment)
+        return prompt if prompt.strip() else segment.GetName()
     # ================================================================ end interactive refinement (issue 5) =====
 
 
