@@ -21,6 +21,7 @@ import platform
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,32 @@ def counted_flops(run) -> int:
     return counter.get_total_flops()
 
 
+def run_ours(model, unit: torch.Tensor, prompt: np.ndarray, batch: int, precision: str) -> None:
+    """Our engine: encode and propagate forward from a mask on frame 0."""
+    from TextPromptSegLib.engine.propagation import Propagator
+
+    session = Propagator(model, "cpu", encode_batch_size=batch, precision=precision).start_session(unit)
+    session.propagate(None, start_index=0, direction="forward", mask_prompts={0: prompt})
+
+
+def run_vanilla(predictor, frames: np.ndarray, prompt: np.ndarray, precision: str) -> None:
+    """sam2's video predictor as shipped: JPEG folder, mask on frame 0, propagate."""
+    from PIL import Image
+
+    from TextPromptSegLib.engine.device import autocast
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(Path(tmp) / f"{i:05d}.jpg", quality=95)
+        with torch.inference_mode(), autocast(torch.device("cpu"), precision):
+            state = predictor.init_state(video_path=tmp)
+            predictor.add_new_mask(state, 0, 1, torch.as_tensor(prompt))
+            for _ in predictor.propagate_in_video(state):
+                pass
+
+
 def main() -> None:
-    from TextPromptSegLib.engine.device import PRECISIONS, autocast
+    from TextPromptSegLib.engine.device import PRECISIONS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "hiera_s"])
@@ -76,7 +101,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from TextPromptSegLib.engine.propagation import Propagator, default_encode_batch_size
+    from TextPromptSegLib.engine.propagation import default_encode_batch_size
     from TextPromptSegLib.modeling.config import TextEncoderConfig, get_config
     from TextPromptSegLib.modeling.testing import make_tiny_text_encoder
 
@@ -84,8 +109,9 @@ def main() -> None:
     rate, shape = matmul_rate(dtype)
     text_dir = make_tiny_text_encoder(Path(tempfile.mkdtemp()) / "bert")
     batch = default_encode_batch_size("cpu")
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__},"
-          f" cpu, {args.precision}: best matmul rate {rate / 1e9:.0f} GFLOP/s (GEMM {shape[0]}x{shape[1]}x{shape[2]})")
+    gemm = "x".join(map(str, shape))
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}, cpu, {args.precision}: best matmul rate {rate / 1e9:.0f} GFLOP/s (GEMM {gemm})")
     print("| config | size | frames | sam2 GFLOP/slice | ours GFLOP/slice | sam2 ms/slice | sam2 GFLOP/s | "
           "share of matmul rate | floor ms/slice | largest ratio at equal arithmetic |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -100,24 +126,8 @@ def main() -> None:
             unit = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255
             n = args.frames
 
-            def run_ours() -> None:
-                session = Propagator(ours, "cpu", encode_batch_size=batch, precision=args.precision).start_session(unit)
-                session.propagate(None, start_index=0, direction="forward", mask_prompts={0: prompt})
-
-            def run_vanilla() -> None:
-                with tempfile.TemporaryDirectory() as tmp:
-                    from PIL import Image
-
-                    for i, frame in enumerate(frames):
-                        Image.fromarray(frame).save(Path(tmp) / f"{i:05d}.jpg", quality=95)
-                    with torch.inference_mode(), autocast(torch.device("cpu"), args.precision):
-                        state = vanilla.init_state(video_path=tmp)
-                        vanilla.add_new_mask(state, 0, 1, torch.as_tensor(prompt))
-                        for _ in vanilla.propagate_in_video(state):
-                            pass
-
-            vanilla_flops = counted_flops(run_vanilla) / n
-            ours_flops = counted_flops(run_ours) / n
+            vanilla_flops = counted_flops(partial(run_vanilla, vanilla, frames, prompt, args.precision)) / n
+            ours_flops = counted_flops(partial(run_ours, ours, unit, prompt, batch, args.precision)) / n
             compare(ours, vanilla, frames[:2], prompt, batch, "cpu", args.precision, args.precision)  # warm-up
             timed = compare(ours, vanilla, frames, prompt, batch, "cpu", args.precision, args.precision)
             vanilla_ms = 1000 * timed.vanilla_seconds / n

@@ -33,3 +33,25 @@ def test_engine_matches_the_sam2_video_predictor(tiny_text_encoder_dir):
     # sam2's predictor keeps its memory features in bfloat16; we keep float32: allow a few boundary pixels
     print(f"pixels that differ from sam2's predictor: {result.disagreement:.4%}")
     assert result.disagreement < 0.01, f"{result.disagreement:.4%} of pixels differ"
+
+
+def test_engine_does_exactly_the_arithmetic_of_the_sam2_video_predictor(tiny_text_encoder_dir):
+    """Equal output at equal cost: over the same run the engine counts the same matmul, convolution and attention
+    FLOPs as sam2's predictor, no more (no re-encoding, no extra decoder passes) and no less (nothing skipped).
+    benchmarks/bench_cpu_bound.py bounds the CPU speed-up from this count."""
+    import torch
+    from bench_cpu_bound import counted_flops, run_ours, run_vanilla
+
+    config = get_config("tiny")
+    config.text = TextEncoderConfig(model_id_or_path=str(tiny_text_encoder_dir), max_length=16)
+    ours, vanilla = build_pair(config, seed=0)
+    size = config.image_size
+    frames = synthetic_frames(5, size)
+    yy, xx = np.mgrid[:size, :size]
+    prompt = (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
+    unit = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255
+    vanilla_flops = counted_flops(lambda: run_vanilla(vanilla, frames, prompt, "fp32"))
+    ours_flops = counted_flops(lambda: run_ours(ours, unit, prompt, 2, "fp32"))
+    one_encoding = counted_flops(lambda: ours.encode_backbone(ours.normalize_images(unit[:1])))
+    assert one_encoding > 0 and vanilla_flops > 5 * one_encoding  # the count sees the encoder and more
+    assert ours_flops == vanilla_flops
