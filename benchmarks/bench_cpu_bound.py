@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vanilla import build_pair, compare, synthetic_frames  # noqa: E402
+from vanilla import compare, scenes  # noqa: E402
 
 # (m, k, n) GEMMs of Hiera-S / memory attention: MLP of stage 1 at 1024 px, stage 3 MLP, attention scores
 GEMM_SHAPES = ((65536, 96, 384), (4096, 384, 1536), (4096, 256, 4096), (2048, 2048, 2048))
@@ -102,12 +102,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from TextPromptSegLib.engine.propagation import default_encode_batch_size
-    from TextPromptSegLib.modeling.config import TextEncoderConfig, get_config
-    from TextPromptSegLib.modeling.testing import make_tiny_text_encoder
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     rate, shape = matmul_rate(dtype)
-    text_dir = make_tiny_text_encoder(Path(tempfile.mkdtemp()) / "bert")
     batch = default_encode_batch_size("cpu")
     gemm = "x".join(map(str, shape))
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
@@ -115,27 +112,20 @@ def main() -> None:
     print("| config | size | frames | sam2 GFLOP/slice | ours GFLOP/slice | sam2 ms/slice | sam2 GFLOP/s | "
           "share of matmul rate | floor ms/slice | largest ratio at equal arithmetic |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.configs:
-        for size in args.sizes:
-            config = get_config(name, image_size=size)
-            config.text = TextEncoderConfig(model_id_or_path=str(text_dir), max_length=16)
-            ours, vanilla = build_pair(config)
-            frames = synthetic_frames(args.frames, size)
-            yy, xx = np.mgrid[:size, :size]
-            prompt = (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
-            unit = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255
-            n = args.frames
+    for name, size, ours, vanilla, frames, prompt in scenes(args.configs, args.sizes, args.frames):
+        unit = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255
+        n = args.frames
 
-            vanilla_flops = counted_flops(partial(run_vanilla, vanilla, frames, prompt, args.precision)) / n
-            ours_flops = counted_flops(partial(run_ours, ours, unit, prompt, batch, args.precision)) / n
-            compare(ours, vanilla, frames[:2], prompt, batch, "cpu", args.precision, args.precision)  # warm-up
-            timed = compare(ours, vanilla, frames, prompt, batch, "cpu", args.precision, args.precision)
-            vanilla_ms = 1000 * timed.vanilla_seconds / n
-            floor_ms = 1000 * vanilla_flops / rate
-            achieved = vanilla_flops / (vanilla_ms / 1000)
-            print(f"| {name} | {size} | {n} | {vanilla_flops / 1e9:.1f} | {ours_flops / 1e9:.1f} | {vanilla_ms:.0f} | "
-                  f"{achieved / 1e9:.0f} | {achieved / rate:.0%} | {floor_ms:.0f} | {vanilla_ms / floor_ms:.2f}x |",
-                  flush=True)
+        vanilla_flops = counted_flops(partial(run_vanilla, vanilla, frames, prompt, args.precision)) / n
+        ours_flops = counted_flops(partial(run_ours, ours, unit, prompt, batch, args.precision)) / n
+        compare(ours, vanilla, frames[:2], prompt, batch, "cpu", args.precision, args.precision)  # warm-up
+        timed = compare(ours, vanilla, frames, prompt, batch, "cpu", args.precision, args.precision)
+        vanilla_ms = 1000 * timed.vanilla_seconds / n
+        floor_ms = 1000 * vanilla_flops / rate
+        achieved = vanilla_flops / (vanilla_ms / 1000)
+        print(f"| {name} | {size} | {n} | {vanilla_flops / 1e9:.1f} | {ours_flops / 1e9:.1f} | {vanilla_ms:.0f} | "
+              f"{achieved / 1e9:.0f} | {achieved / rate:.0%} | {floor_ms:.0f} | {vanilla_ms / floor_ms:.2f}x |",
+              flush=True)
 
 
 if __name__ == "__main__":

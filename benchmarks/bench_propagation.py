@@ -12,14 +12,12 @@ import argparse
 import platform
 import resource
 import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vanilla import build_pair, compare, synthetic_frames  # noqa: E402
+from vanilla import compare, scenes  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -51,10 +49,6 @@ def main() -> None:
 
     malloc = "freed memory kept (both sides)" if args.keep_freed_memory and keep_freed_host_memory() else "system"
 
-    from TextPromptSegLib.modeling.config import TextEncoderConfig, get_config
-    from TextPromptSegLib.modeling.testing import make_tiny_text_encoder
-
-    text_dir = make_tiny_text_encoder(Path(tempfile.mkdtemp()) / "bert")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
     from TextPromptSegLib.engine.propagation import default_encode_batch_size
@@ -66,26 +60,18 @@ def main() -> None:
     print("| config | size | frames | ours ms/slice | ours slices/s | vanilla ms/slice | ratio | differ | "
           "estimate / actual | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.configs:
-        for size in args.sizes:
-            config = get_config(name, image_size=size)
-            config.text = TextEncoderConfig(model_id_or_path=str(text_dir), max_length=16)
-            ours, vanilla = build_pair(config, device=device)
-            frames = synthetic_frames(args.frames, size)
-            yy, xx = np.mgrid[:size, :size]
-            prompt = (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
-            compare(ours, vanilla, frames[:2], prompt, batch, device, args.precision, args.vanilla_precision)  # warm-up
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            result = compare(ours, vanilla, frames, prompt, batch, device, args.precision, args.vanilla_precision)
-            n = args.frames
-            print(f"| {name} | {size} | {n} | {1000 * result.ours_seconds / n:.0f} | {n / result.ours_seconds:.2f} | "
-                  f"{1000 * result.vanilla_seconds / n:.0f} | {result.vanilla_seconds / result.ours_seconds:.2f}x | "
-                  f"{result.disagreement:.4%} | {result.estimated_seconds / result.ours_seconds:.2f} | "
-                  f"{peak_rss_mb():.0f} |", flush=True)
-            if device == "cuda":
-                print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
-
+    for name, size, ours, vanilla, frames, prompt in scenes(args.configs, args.sizes, args.frames, device):
+        compare(ours, vanilla, frames[:2], prompt, batch, device, args.precision, args.vanilla_precision)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        result = compare(ours, vanilla, frames, prompt, batch, device, args.precision, args.vanilla_precision)
+        n = args.frames
+        print(f"| {name} | {size} | {n} | {1000 * result.ours_seconds / n:.0f} | {n / result.ours_seconds:.2f} | "
+              f"{1000 * result.vanilla_seconds / n:.0f} | {result.vanilla_seconds / result.ours_seconds:.2f}x | "
+              f"{result.disagreement:.4%} | {result.estimated_seconds / result.ours_seconds:.2f} | "
+              f"{peak_rss_mb():.0f} |", flush=True)
+        if device == "cuda":
+            print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
 
 if __name__ == "__main__":
     main()

@@ -49,6 +49,12 @@ def synthetic_frames(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack(frames)
 
 
+def first_frame_prompt(size: int) -> np.ndarray:
+    """(size, size) bool: the disc of ``synthetic_frames``' first frame, the mask prompt on frame 0."""
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
+
+
 def build_pair(config, seed: int = 0, device: str = "cpu"):
     """A TGSAM-2 with untrained adapters and sam2's SAM2VideoPredictor holding the same SAM-2 weights."""
     from sam2.sam2_video_predictor import SAM2VideoPredictor
@@ -60,6 +66,22 @@ def build_pair(config, seed: int = 0, device: str = "cpu"):
     vanilla = SAM2VideoPredictor(fill_hole_area=0, **_sam2_components(config))
     vanilla.load_state_dict(ours.sam2_state_dict(), strict=True)
     return ours.to(device).eval(), vanilla.to(device).eval()
+
+
+def scenes(configs, sizes, n_frames: int, device: str = "cpu"):
+    """For each named config and image size: (name, size, ours, vanilla, frames, prompt), the pair built on
+    ``device`` with random weights and a tiny random text encoder, ``n_frames`` synthetic frames and the mask
+    prompt of frame 0."""
+    from TextPromptSegLib.modeling.config import TextEncoderConfig, get_config
+    from TextPromptSegLib.modeling.testing import make_tiny_text_encoder
+
+    text_dir = make_tiny_text_encoder(Path(tempfile.mkdtemp()) / "bert")
+    for name in configs:
+        for size in sizes:
+            config = get_config(name, image_size=size)
+            config.text = TextEncoderConfig(model_id_or_path=str(text_dir), max_length=16)
+            ours, vanilla = build_pair(config, device=device)
+            yield name, size, ours, vanilla, synthetic_frames(n_frames, size), first_frame_prompt(size)
 
 
 def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_batch_size: Optional[int] = None,

@@ -6,10 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from vanilla import build_pair, compare, synthetic_frames  # noqa: E402
+from vanilla import build_pair, compare, first_frame_prompt, synthetic_frames  # noqa: E402
 
 from TextPromptSegLib.modeling.config import TextEncoderConfig, get_config  # noqa: E402
 
@@ -26,8 +24,7 @@ def test_engine_matches_the_sam2_video_predictor(tiny_text_encoder_dir):
             model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(20.0)
     size = config.image_size
     frames = synthetic_frames(6, size)
-    yy, xx = np.mgrid[:size, :size]
-    prompt = (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
+    prompt = first_frame_prompt(size)
     result = compare(ours, vanilla, frames, prompt, encode_batch_size=4)
     assert result.vanilla_masks[1:].any(), "the reference produced no mask: the comparison would be vacuous"
     # sam2's predictor keeps its memory features in bfloat16; we keep float32: allow a few boundary pixels
@@ -47,8 +44,7 @@ def test_engine_does_exactly_the_arithmetic_of_the_sam2_video_predictor(tiny_tex
     ours, vanilla = build_pair(config, seed=0)
     size = config.image_size
     frames = synthetic_frames(5, size)
-    yy, xx = np.mgrid[:size, :size]
-    prompt = (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
+    prompt = first_frame_prompt(size)
     unit = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255
     vanilla_flops = counted_flops(lambda: run_vanilla(vanilla, frames, prompt, "fp32"))
     ours_flops = counted_flops(lambda: run_ours(ours, unit, prompt, 2, "fp32"))
