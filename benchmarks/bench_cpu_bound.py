@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vanilla import compare, scenes  # noqa: E402
+from vanilla import compare, run_predictor, scenes, write_jpeg_frames  # noqa: E402
 
 # (m, k, n) GEMMs of Hiera-S / memory attention: MLP of stage 1 at 1024 px, stage 3 MLP, attention scores
 GEMM_SHAPES = ((65536, 96, 384), (4096, 384, 1536), (4096, 256, 4096), (2048, 2048, 2048))
@@ -73,18 +73,9 @@ def run_ours(model, unit: torch.Tensor, prompt: np.ndarray, batch: int, precisio
 
 def run_vanilla(predictor, frames: np.ndarray, prompt: np.ndarray, precision: str) -> None:
     """sam2's video predictor as shipped: JPEG folder, mask on frame 0, propagate."""
-    from PIL import Image
-
-    from TextPromptSegLib.engine.device import autocast
-
     with tempfile.TemporaryDirectory() as tmp:
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(Path(tmp) / f"{i:05d}.jpg", quality=95)
-        with torch.inference_mode(), autocast(torch.device("cpu"), precision):
-            state = predictor.init_state(video_path=tmp)
-            predictor.add_new_mask(state, 0, 1, torch.as_tensor(prompt))
-            for _ in predictor.propagate_in_video(state):
-                pass
+        write_jpeg_frames(frames, tmp)
+        run_predictor(predictor, tmp, prompt, "cpu", precision)
 
 
 def main() -> None:

@@ -73,5 +73,6 @@ def main() -> None:
         if device == "cuda":
             print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
 
+
 if __name__ == "__main__":
     main()

@@ -84,36 +84,51 @@ def scenes(configs, sizes, n_frames: int, device: str = "cpu"):
             yield name, size, ours, vanilla, synthetic_frames(n_frames, size), first_frame_prompt(size)
 
 
+def write_jpeg_frames(frames: np.ndarray, folder) -> None:
+    """The frames as the JPEG folder sam2's video predictor reads (00000.jpg, 00001.jpg, ...)."""
+    from PIL import Image
+
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(Path(folder) / f"{i:05d}.jpg", quality=95)
+
+
+def run_predictor(predictor, folder, prompt_mask: np.ndarray, device: str = "cpu",
+                  precision: str = "auto") -> torch.Tensor:
+    """sam2's video predictor as shipped on a JPEG folder: mask prompt on frame 0, forward propagation; returns the
+    (N, S, S) bool masks."""
+    from TextPromptSegLib.engine.device import autocast
+
+    size = predictor.image_size
+    with torch.inference_mode(), autocast(torch.device(device), precision):
+        state = predictor.init_state(video_path=str(folder))
+        predictor.add_new_mask(state, 0, 1, torch.as_tensor(prompt_mask))
+        masks_out = torch.zeros(state["num_frames"], size, size, dtype=torch.bool)
+        for index, _, masks in predictor.propagate_in_video(state):
+            masks_out[index] = masks[0, 0].cpu() > 0
+    return masks_out
+
+
 def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_batch_size: Optional[int] = None,
             device: str = "cpu", precision: str = "auto", vanilla_precision: str = "auto") -> Comparison:
     """Both sides on ``device``; on CUDA both run under bf16 autocast (sam2's recommended inference setting, and
     our engine's), so small bf16 rounding differences between the outputs are expected there. ``precision``
     is our engine's and ``vanilla_precision`` sam2's (see ``engine.device.resolve_precision``; "auto" is how sam2 is
     run as shipped: bf16 autocast on CUDA, float32 on CPU)."""
-    from PIL import Image
     from sam2.utils.misc import load_video_frames
 
-    from TextPromptSegLib.engine.device import autocast
     from TextPromptSegLib.engine.propagation import Propagator
 
     size = ours.image_size
     with tempfile.TemporaryDirectory() as tmp:
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(Path(tmp) / f"{i:05d}.jpg", quality=95)
+        write_jpeg_frames(frames, tmp)
         decoded, _, _ = load_video_frames(tmp, size, offload_video_to_cpu=True)
         mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         unit = decoded * std + mean  # back to [0, 1]: our engine normalises itself
 
-        amp = autocast(torch.device(device), vanilla_precision)
         _sync(device)
         start = time.perf_counter()
-        with torch.inference_mode(), amp:
-            state = vanilla.init_state(video_path=tmp)
-            vanilla.add_new_mask(state, 0, 1, torch.as_tensor(prompt_mask))
-            vanilla_masks = torch.zeros(len(frames), size, size, dtype=torch.bool)
-            for index, _, masks in vanilla.propagate_in_video(state):
-                vanilla_masks[index] = masks[0, 0].cpu() > 0
+        vanilla_masks = run_predictor(vanilla, tmp, prompt_mask, device, vanilla_precision)
         _sync(device)
         vanilla_seconds = time.perf_counter() - start
 
