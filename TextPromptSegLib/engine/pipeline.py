@@ -179,8 +179,9 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
     if direction not in ("both", "forward", "backward"):
         raise ValueError(f"direction must be 'both', 'forward' or 'backward', not {direction!r}")
     for request in requests:
-        if not isinstance(request.prompt, str) or not request.prompt.strip():
-            raise ValueError("a text prompt must not be empty")
+        visual = bool(request.mask_prompts or request.point_prompts or request.box_prompts)
+        if not isinstance(request.prompt, str) or not (request.prompt.strip() or visual):
+            raise ValueError("a text prompt must not be empty (unless a box, points or a mask are given)")
     if propagator is None:
         if model is None:
             raise ValueError("give a model or a propagator")
@@ -205,7 +206,7 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
             if progress is not None:
                 progress(dataclasses.replace(event, message=label + event.message))
 
-        result = session.propagate(request.prompt.strip(), start_index=start_slice, mask_prompts=masks,
+        result = session.propagate(request.prompt.strip() or None, start_index=start_slice, mask_prompts=masks,
                                    point_prompts=points, max_empty_run=max_empty_run, direction=direction,
                                    frame_range=slice_range, progress=relay, cancel=cancel)
         frame_masks = prepared.logits_to_frames(result.logits, np.zeros(prepared.frames.shape[:3], bool),
@@ -213,7 +214,8 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
         for n, m in request.mask_prompts.items():  # a drawn mask is kept exactly as drawn
             frame_masks[n] = np.asarray(m, bool)
         results.append(prepared.segment_result(
-            frame_masks, result, name=request.name or request.prompt.strip(), prompt=request.prompt.strip(),
+            frame_masks, result, name=request.name or request.prompt.strip() or "visual prompt",
+            prompt=request.prompt.strip(),
             color=tuple(request.color or PALETTE[i % len(PALETTE)]), start_slice=result.start_index))
     return VolumeSegmentation(volume=volume, geometry=prepared.geometry, segments=results)
 

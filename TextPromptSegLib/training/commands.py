@@ -153,7 +153,8 @@ def read_training_config(path: Path) -> dict:
 
     spec = json.loads(Path(path).read_text(encoding="utf-8"))
     known = {"model", "init", "packed", "text_features", "repeat", "train", "datasets", "data", "crop_margin",
-             "image_size", "shared_adapters", "nnunet", "sequences", *(f"{name}_cases" for name in DATASETS)}
+             "image_size", "shared_adapters", "nnunet", "sequences", "features", "feature_weights",
+             *(f"{name}_cases" for name in DATASETS)}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ValueError(f"{Path(path).name}: unknown training config key(s) {unknown}; known: {sorted(known)}")
@@ -176,6 +177,8 @@ def cmd_train(args) -> int:
     spec = read_training_config(config_path)
     root = Path(spec.get("data", args.data))
     model, image_size = build_training_model(spec, config_path.parent, args.device)
+    if spec.get("features"):
+        return _train_on_features(spec, config_path.parent, model, args, rank)
     volumes = _training_volumes(spec, root, config_path.parent)
     device = next(model.parameters()).device
     cases = [c for v in volumes for c in v.to_cases(image_size)]
@@ -196,6 +199,35 @@ def cmd_train(args) -> int:
     trainer.fit(progress_bar=sys.stderr.isatty())
     if trainer.world > 1:
         torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(f"checkpoint: {Path(args.out) / 'last'}")
+    return 0
+
+
+def _train_on_features(spec: dict, base: Path, model, args, rank: int) -> int:
+    """Training on cached encoder features (``"features"``: cache files or glob patterns relative to the config;
+    ``"feature_weights"``: {case-id prefix: sampling weight}, e.g. ``{"la2018/": 1.0, "kvasir/": 3.0}``)."""
+    import glob
+
+    from .features import CachedClipForward, FeatureClipSampler, encoder_id, load_cache
+    from .trainer import TrainConfig, Trainer
+
+    paths = sorted({Path(p) for pattern in spec["features"] for p in glob.glob(str(base / pattern))})
+    if not paths:
+        raise ValueError(f"no feature cache matches {spec['features']} under {base}")
+    cases = [c for p in paths for c in load_cache(p, expect_encoder=encoder_id(model))]
+    weights = []
+    for case in cases:
+        w = [v for k, v in spec.get("feature_weights", {}).items() if case.case_id.startswith(k)]
+        weights.append(float(w[0]) if w else 1.0)
+    config = TrainConfig(**spec.get("train", {}))
+    log.info("training on %d cached structure-volumes from %d files", len(cases), len(paths))
+    sampler = FeatureClipSampler(cases, config.clip_length, p_object=config.p_object, seed=config.seed + rank,
+                                 p_box=config.p_box, p_clicks=config.p_clicks, p_no_text=config.p_no_text,
+                                 weights=weights)
+    trainer = Trainer(model, sampler, config, Path(args.out), objective=CachedClipForward(model))
+    trainer.resume()
+    trainer.fit(progress_bar=sys.stderr.isatty())
     if rank == 0:
         print(f"checkpoint: {Path(args.out) / 'last'}")
     return 0
@@ -222,6 +254,39 @@ def cmd_pack(args) -> int:
         # every training variant, and the library descriptions TPP adds to a single structure prompt
         prompts = [q for variants in PROMPTS.values() for p in variants for q in prompt_set(p, 4)]
         print(export_text_features(TextEncoder(TextEncoderConfig()), prompts, Path(args.text_features)))
+    return 0
+
+
+def cmd_features(args) -> int:
+    """Encode training volumes once with a frozen-encoder model (LiteMedSAM) into feature caches, one file per
+    volume; files that already exist are kept (the command resumes)."""
+    from ..modeling.build import build_model
+    from .data import DATASETS, default_splits
+    from .datasets import SHARED_ADAPTERS
+    from .features import cache_volume
+
+    root, out = Path(args.data), Path(args.out)
+    model = build_model(args.model, device=args.device or "cpu")
+    if model.config.backbone != "litemedsam":
+        raise SystemExit("feature caches are for a frozen pretrained encoder (a litemedsam model)")
+    for name in args.dataset:
+        if name in DATASETS:
+            ids = default_splits(root)[name][args.split][args.offset:][: args.limit]
+            volumes = DATASETS[name](root, ids)
+        else:
+            volumes = SHARED_ADAPTERS[name](root)
+            keep = set(args.case or [])
+            volumes = [v for v in volumes if not keep or v.case_id in keep][args.offset:][: args.limit]
+        for volume in volumes:
+            path = out / (volume.case_id.replace("/", "__") + ".safetensors")
+            if path.is_file():
+                continue
+            if not volume.masks:
+                print(f"{volume.case_id}: no labelled structure, skipped", flush=True)
+                continue
+            volume = volume.cropped(args.margin) if args.margin is not None else volume
+            cache_volume(model, volume, path, z_stride=args.z_stride, batch=args.batch)
+            print(f"{path}: {len(volume.frames[::args.z_stride])} frames, {len(volume.masks)} structures", flush=True)
     return 0
 
 
@@ -274,6 +339,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pk.add_argument("--text-features", help="also export the training prompts' text features to this file")
     pk.add_argument("-o", "--out", required=True)
     pk.set_defaults(func=cmd_pack)
+
+    fe = sub.add_parser("features", help="cache a frozen encoder's features of training volumes (litemedsam)")
+    fe.add_argument("--model", default="litemedsam", help="preset name or checkpoint folder")
+    fe.add_argument("--data", default="../shared/data")
+    fe.add_argument("--dataset", action="append", required=True,
+                    choices=("la2018", "sts_sarcoma", "brats2013", "totalseg_small", "recist_ct", "kvasir_polyp_2d",
+                             "ct_organs_2d"))
+    fe.add_argument("--split", default="train", choices=("train", "val"))
+    fe.add_argument("--case", action="append", help="only these case ids (whole-folder datasets)")
+    fe.add_argument("--limit", type=int)
+    fe.add_argument("--offset", type=int, default=0)
+    fe.add_argument("--margin", type=int, help="keep slices within this many of the structures")
+    fe.add_argument("--z-stride", type=int, default=1, help="cache every N-th slice")
+    fe.add_argument("--batch", type=int, default=4)
+    fe.add_argument("--device")
+    fe.add_argument("-o", "--out", required=True, help="folder of .safetensors caches")
+    fe.set_defaults(func=cmd_features)
 
     tr = sub.add_parser("train", help="train TGSAM-2 or TPP from a JSON config (resumes from OUT/last)")
     tr.add_argument("config")

@@ -43,13 +43,19 @@ class TrainConfig:
     prompts_per_clip: int = 1  # > 1: clips may get up to this many prompt variants joined by ';' (TPP's Np)
     p_object: float = 0.9  # probability that a clip starts on a slice with the structure (else anywhere in the
     # volume: with a pack cropped wide, that teaches the object score to leave slices without it empty)
+    # first-frame visual prompts when training on cached features (features.FeatureClipSampler)
+    p_box: float = 0.45
+    p_clicks: float = 0.15
+    p_no_text: float = 0.5
 
 
 def trainable_parameters(model, mode: str) -> list[torch.nn.Parameter]:
     from ..modeling.tgsam2 import is_adapter_key
 
+    frozen = model.frozen_parameter_names() if hasattr(model, "frozen_parameter_names") else frozenset()
+
     def wanted(name: str) -> bool:
-        if name.startswith("text_encoder."):
+        if name.startswith("text_encoder.") or name in frozen:
             return False
         if mode == "all":
             return True
@@ -190,12 +196,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         accum, total = max(1, self.config.grad_accum), 0.0
         for micro in range(accum):
-            images, masks, prompts = self.sampler.sample(self.config.batch_size)
+            # (images or cached features, masks, prompts[, visual prompts of the first frame])
+            inputs, masks, *rest = self.sampler.sample(self.config.batch_size)
             last = micro == accum - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else self.forward.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    loss = self.forward(images.to(device), masks.to(device), prompts) / accum
+                    loss = self.forward(inputs.to(device), masks.to(device), *rest) / accum
                 loss.backward()
             total += loss.item()
         self.optimizer.step()
