@@ -286,7 +286,8 @@ class TGSAM2(SAM2Base):
         self.text_encoder = text_encoder
         dim = self.hidden_dim
         self.text_prompt = TextPromptEmbedding(text_dim, dim)
-        self.tcvp = TCVP(dim, config.tcvp_heads, config.tcvp_mode, self.num_feature_levels) if config.use_tcvp else None
+        levels = 1 if config.backbone == "litemedsam" else 3  # the image encoder's levels (used or not by SAM)
+        self.tcvp = TCVP(dim, config.tcvp_heads, config.tcvp_mode, levels) if config.use_tcvp else None
         self._gated_attention: list[_KeyGatedAttention] = []
         self._text_blocks: list[_TextCXBlock] = []
         if config.use_text_prompt or config.sam1_box_encoding:
@@ -301,6 +302,10 @@ class TGSAM2(SAM2Base):
         if config.backbone == "litemedsam":
             with torch.no_grad():  # a conditioning frame is then exactly LiteMedSAM's (SAM2Base adds no_mem_embed)
                 self.no_mem_embed.zero_()
+        if config.memory_pool > 1:  # the memory's change reaches the decoder through a zero-initialised projection
+            self.memory_delta = nn.Conv2d(dim, dim, kernel_size=1)
+            nn.init.zeros_(self.memory_delta.weight)
+            nn.init.zeros_(self.memory_delta.bias)
         if config.use_ttme:
             for block in self.memory_encoder.fuser.layers:
                 block.__class__ = _TextCXBlock
@@ -393,9 +398,9 @@ class TGSAM2(SAM2Base):
                                              current_vision_pos_embeds, feat_sizes, output_dict, num_frames,
                                              track_in_reverse=False):
         """SAM-2's memory attention; with ``memory_pool`` p > 1 it runs on the map average-pooled p x p, and the
-        decoder gets the full-resolution features plus the memory's change upsampled bilinearly:
-        ``f + up(MemAttn(pool(f)) - pool(f))``. A conditioning frame without memory is SAM-2's (``f`` +
-        ``no_mem_embed``)."""
+        decoder gets the full-resolution features plus the memory's change, projected (1 x 1, zero-initialised) and
+        upsampled bilinearly: ``f + up(P(MemAttn(pool(f)) - pool(f)))``. A conditioning frame without memory is
+        SAM-2's (``f`` + ``no_mem_embed``)."""
         pool = self.config.memory_pool
         if pool == 1 or is_init_cond_frame or self.num_maskmem == 0:
             return super()._prepare_memory_conditioned_features(
@@ -408,7 +413,7 @@ class TGSAM2(SAM2Base):
         with_mem = super()._prepare_memory_conditioned_features(
             frame_idx, False, [pooled], [pooled_pos], [size], output_dict, num_frames, track_in_reverse)
         b = feat.shape[1]
-        change = with_mem - pooled.permute(1, 2, 0).reshape(b, -1, *size)
+        change = self.memory_delta(with_mem - pooled.permute(1, 2, 0).reshape(b, -1, *size))
         full = feat.permute(1, 2, 0).reshape(b, -1, h, w)
         return full + F.interpolate(change, size=(h, w), mode="bilinear", align_corners=False)
 

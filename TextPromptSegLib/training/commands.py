@@ -209,6 +209,8 @@ def _train_on_features(spec: dict, base: Path, model, args, rank: int) -> int:
     ``"feature_weights"``: {case-id prefix: sampling weight}, e.g. ``{"la2018/": 1.0, "kvasir/": 3.0}``)."""
     import glob
 
+    import torch
+
     from .features import CachedClipForward, FeatureClipSampler, encoder_id, load_cache
     from .trainer import TrainConfig, Trainer
 
@@ -226,6 +228,11 @@ def _train_on_features(spec: dict, base: Path, model, args, rank: int) -> int:
                                  p_box=config.p_box, p_clicks=config.p_clicks, p_no_text=config.p_no_text,
                                  weights=weights)
     trainer = Trainer(model, sampler, config, Path(args.out), objective=CachedClipForward(model))
+    if not spec.get("init") and model.config.use_text_prompt:
+        # a fresh model: open the decoder's text gate (0 keeps an untrained model exactly SAM-2; from 0, Adam's
+        # lr-sized steps would take hundreds of steps to let the text tokens be read at all)
+        with torch.no_grad():
+            model.text_prompt.gate.fill_(1.0)
     trainer.resume()
     trainer.fit(progress_bar=sys.stderr.isatty())
     if rank == 0:
