@@ -126,7 +126,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     requests = [SegmentRequest(p, name=(names[i] if names and i < len(names) else None)) for i, p in enumerate(prompts)]
     bar, callback = _progress_bar()
     try:
-        prepared = PreparedVolume(volume, model.image_size, axis, window)
+        prepared = PreparedVolume.for_model(volume, model, axis, window)
         from .engine.tpp_engine import make_propagator
 
         propagator = make_propagator(model, str(dev), first_mask_model=first_mask, precision=precision)

@@ -168,6 +168,7 @@ def cmd_train(args) -> int:
     import torch
 
     rank, args.device = _init_distributed(args.device)
+    from ..engine.preprocess import TRAINING_INPUTS
     from ..modeling.tpp import TPP
     from .data import ClipSampler
     from .trainer import TrainConfig, Trainer
@@ -176,6 +177,7 @@ def cmd_train(args) -> int:
     spec = read_training_config(config_path)
     root = Path(spec.get("data", args.data))
     model, image_size = build_training_model(spec, config_path.parent, args.device)
+    model.inputs = TRAINING_INPUTS  # what the data below is normalised with; saved in every checkpoint
     volumes = _training_volumes(spec, root, config_path.parent)
     device = next(model.parameters()).device
     cases = [c for v in volumes for c in v.to_cases(image_size)]
