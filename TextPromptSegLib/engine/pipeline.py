@@ -193,14 +193,21 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
             raise ValueError("give a model or a propagator")
         propagator = make_propagator(model, device, encode_batch_size)
     prepared = prepared or PreparedVolume.for_model(volume, propagator.model, axis, window)
+    first, last = (int(i) for i in slice_range) if slice_range is not None else (0, len(prepared) - 1)
+    if not 0 <= first <= last < len(prepared):  # checked before anything is encoded or estimated
+        raise IndexError(f"slice range {first}..{last} is not within 0..{len(prepared) - 1} (first <= last)")
+    if start_slice is not None and not first <= start_slice <= last:
+        raise IndexError(f"start slice {start_slice} is outside {first}..{last}")
     session = session or propagator.start_session(prepared.frame_source())
     if estimate and hasattr(session, "estimate_seconds"):
         frames = slice_range[1] - slice_range[0] + 1 if slice_range else len(prepared)
         seconds = session.estimate_seconds(len(requests), locate=start_slice is None, frames=frames)
         if progress is not None:
+            device = str(getattr(propagator, "device", "this device"))
+            where = "the CPU" if device == "cpu" else device
             progress(ProgressEvent("estimate", 0, frames, -1, seconds,
                                    f"estimated {seconds:.0f} s for {len(requests)} prompt(s) over {frames} slices "
-                                   f"on {getattr(propagator, 'device', 'this device')} (measured on this machine)"))
+                                   f"on {where} (measured on this machine)"))
     transform = prepared.transform
     results = []
     for i, request in enumerate(requests):
