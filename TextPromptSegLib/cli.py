@@ -430,5 +430,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m TextPromptSegLib.cli: run the imported module's main, so that the UserError
+    from TextPromptSegLib.cli import main as package_main  # that subcommand modules raise is the one main catches
+
+    sys.exit(package_main())

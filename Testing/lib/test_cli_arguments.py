@@ -151,3 +151,20 @@ def test_failed_download_leaves_no_cache_folder(tmp_path):
     with pytest.raises(registry.RegistryError, match="checksum mismatch"):
         registry.download(payload.as_uri(), target, "0" * 64)
     assert not (tmp_path / "cache" / "some-model").exists()
+
+
+def test_python_dash_m_reports_subcommand_errors_in_one_line(shared_data, tmp_path):
+    """``python -m TextPromptSegLib.cli``: an error raised in a subcommand module (evaluate) is still one line, exit 2
+    (the module run as __main__ must catch the UserError those modules import)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "TextPromptSegLib.cli", "evaluate", "--device", "gpu", "--data",
+                          str(shared_data), "--out", str(tmp_path / "ev")], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == "textpromptseg: error: unknown device 'gpu'; use auto, cpu, cuda, cuda:N or mps"
+    assert not (tmp_path / "ev").exists()
