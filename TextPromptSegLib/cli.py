@@ -246,9 +246,11 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         write_labelmap(volume, result.labelmap(), output)
     if overlay is not None:
         masks, colors = [s.mask for s in result.segments], [s.color for s in result.segments]
+        labels = [s.name for s in result.segments]
         if overlay_reference is not None:
-            masks, colors = [*masks, overlay_reference], [*colors, REFERENCE_COLOR]
-        write_overlay_png(masks, colors, overlay, frames=prepared.frames, frames_of=prepared.geometry.to_frames)
+            masks, colors, labels = [*masks, overlay_reference], [*colors, REFERENCE_COLOR], [*labels, "reference"]
+        write_overlay_png(masks, colors, overlay, frames=prepared.frames, frames_of=prepared.geometry.to_frames,
+                          names=labels, spacing=(prepared.geometry.row_spacing, prepared.geometry.col_spacing))
     for seg in result.segments:
         if volume.is_sequence:
             print(f"{seg.name}: the object in {seg.slices_with_object} of {len(prepared)} frames "
