@@ -115,7 +115,9 @@ def _progress_bar():
             return
         bar = state["bar"]
         if bar is None:
-            bar = state["bar"] = tqdm(total=event.total, unit="slice", dynamic_ncols=True, file=sys.stderr)
+            bar = state["bar"] = tqdm(total=event.total, desc=event.phase, unit="slice", dynamic_ncols=True,
+                                      file=sys.stderr)
+            state["phase"] = event.phase
         if event.phase != state["phase"]:
             state["phase"] = event.phase
             bar.reset(total=event.total)
@@ -148,6 +150,14 @@ def _download_bar():
             state["bar"].close()
 
     return close, progress
+
+
+def quiet_loading() -> None:
+    """No "Loading weights" bar from transformers for the text encoder's tensors: the CLI's bars show the model's
+    work. Called just before a model is loaded (importing transformers earlier would slow every argument error)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def _is_folder_output(output: Path, raw: Optional[str] = None) -> bool:
@@ -216,6 +226,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         raise UserError(str(exc)) from exc
     _check_slices(geometry.num_frames(volume.shape), slice_range, start_slice,
                   "frames" if volume.is_sequence else "slices")
+    quiet_loading()
     try:
         model = load_model(model_name, device=str(dev))
         first_mask = load_model(first_mask_model, device=str(dev)) if first_mask_model else None

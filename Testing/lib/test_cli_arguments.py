@@ -168,3 +168,29 @@ def test_python_dash_m_reports_subcommand_errors_in_one_line(shared_data, tmp_pa
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip() == "textpromptseg: error: unknown device 'gpu'; use auto, cpu, cuda, cuda:N or mps"
     assert not (tmp_path / "ev").exists()
+
+
+def test_progress_starts_with_the_model_and_says_cpu_once(small_ct, tiny_model, tmp_path, capfd, caplog):
+    """No empty '0slice' bar before the run; the CPU estimate reads 'on the CPU' (not '... on cpu')."""
+    import logging
+
+    from TextPromptSegLib.modeling.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny")
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="textpromptseg"):
+        assert main(["segment", str(small_ct), "-p", "a soft-tissue sarcoma", "-o", str(tmp_path / "o.nii.gz"),
+                     "--model", str(checkpoint), "--device", "cpu", "--start-slice", "4"]) == 0
+    err = capfd.readouterr().err
+    assert "0slice [" not in err  # tqdm without a total draws "0slice [00:00, ?slice/s]"
+    assert err.lstrip("\r").startswith("propagate")  # the first bar is the model's first phase
+    estimate = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimated")]
+    assert len(estimate) == 1 and estimate[0].endswith("over 10 slices on the CPU (measured on this machine)"), estimate
+
+
+def test_info_names_every_package_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"  sam2 {version('sam2')}" in out and "?" not in out

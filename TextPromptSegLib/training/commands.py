@@ -38,7 +38,7 @@ def shared_eval_cases(root: Path, split: str, structures: list[str]):
 
 
 def cmd_evaluate(args) -> int:
-    from ..cli import UserError
+    from ..cli import UserError, quiet_loading
     from ..engine.device import DeviceError, pick_device
     from ..modeling.checkpoint import CheckpointError
     from ..registry import RegistryError, load_model
@@ -48,6 +48,7 @@ def cmd_evaluate(args) -> int:
         raise UserError(f"--data {args.data}: no such folder (the shared data: la2018/, sts_sarcoma/, brats2013/)")
     try:
         device = str(pick_device(args.device or "cpu"))
+        quiet_loading()
         model = load_model(args.model, device=device)
         # the TPP -> SAM-2 pipeline when a first-mask model is given: its start-slice mask prompts --model's propagation
         first = load_model(args.first_mask_model, device=device) if args.first_mask_model else None
