@@ -23,22 +23,40 @@ DEMO_PROMPT = "a soft-tissue sarcoma"
 DEMO_SAMPLE = ("Samples", "STS_002", "CT_image.nii.gz")
 DEMO_TRUTH = ("Samples", "STS_002", "CT_mask.nii.gz")
 REFERENCE_COLOR = (0.2, 0.9, 0.3)
+DEMO_VALIDATION_DICE = "0.56"  # tgsam2-medium, sarcoma validation mean (docs/MODEL_CARD.md)
 
 
 class UserError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (exit status 2), like every other argument error of this tool."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def _window(text: Optional[str]):
+    """--window: a preset name or CENTRE,WIDTH, checked here (before any model loads)."""
+    from .engine.preprocess import WINDOWS, resolve_window
+
     if text is None:
         return None
     if "," in text:
         try:
             centre, width = (float(v) for v in text.split(","))
         except ValueError as exc:
-            raise UserError(f"--window takes a preset name or CENTRE,WIDTH, not {text!r}") from exc
-        return centre, width
-    return text
+            raise UserError(f"--window takes a preset name ({', '.join(WINDOWS)}) or CENTRE,WIDTH, not {text!r}") \
+                from exc
+        window = (centre, width)
+    else:
+        window = text
+    try:
+        resolve_window(window)
+    except ValueError as exc:
+        raise UserError(f"--window: {exc}") from exc
+    return window
 
 
 def _slice_range(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -48,19 +66,58 @@ def _slice_range(text: Optional[str]) -> Optional[tuple[int, int]]:
         first, last = (int(v) for v in text.split(":"))
     except ValueError as exc:
         raise UserError(f"--slice-range takes FIRST:LAST slice indices (inclusive), not {text!r}") from exc
+    if first > last:
+        raise UserError(f"--slice-range {text} is reversed: FIRST must not be after LAST (e.g. {last}:{first})")
+    if first < 0:
+        raise UserError(f"--slice-range {text}: slice indices start at 0")
     return first, last
 
 
-def _progress_bar(total_hint: int = 0):
+def _check_slices(count: int, slice_range: Optional[tuple[int, int]], start_slice: Optional[int],
+                  what: str = "slices") -> None:
+    """--slice-range and --start-slice against the ``count`` slices (or frames) along the slicing axis."""
+    if slice_range is not None and not 0 <= slice_range[0] <= slice_range[1] < count:
+        raise UserError(f"--slice-range {slice_range[0]}:{slice_range[1]} is outside the input: the slice range must "
+                        f"lie within 0:{count - 1} (its {count} {what} along the slicing axis)")
+    if start_slice is not None:
+        first, last = slice_range or (0, count - 1)
+        if not first <= start_slice <= last:
+            where = f"the slice range {first}:{last}" if slice_range else f"the {count} {what} (0 to {count - 1})"
+            raise UserError(f"--start-slice {start_slice} is outside {where}")
+
+
+def _check_output_folder(path: Path, option: str = "--output") -> None:
+    """The folder that will hold ``path`` exists or can be created, and is writable (nothing is created here)."""
+    import os
+
+    parent = path.parent if path.parent != Path("") else Path(".")
+    probe = parent
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option} {path}: {probe} is a file, so the folder {parent} cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {probe}")
+
+
+def _progress_bar():
+    """(close, callback) for engine progress events: one tqdm bar per phase on stderr, created at the first slice
+    event (so nothing is drawn before the model runs); the CPU time estimate is logged as one line."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total_hint or None, unit="slice", dynamic_ncols=True, file=sys.stderr)
-    state = {"phase": None}
+    state: dict = {"phase": None, "bar": None}
 
     def callback(event) -> None:
         if event.phase == "estimate":
-            log.info("running on the CPU: %s", event.message)
+            log.info("%s", event.message)
             return
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = tqdm(total=event.total, desc=event.phase, unit="slice", dynamic_ncols=True,
+                                      file=sys.stderr)
+            state["phase"] = event.phase
         if event.phase != state["phase"]:
             state["phase"] = event.phase
             bar.reset(total=event.total)
@@ -68,7 +125,39 @@ def _progress_bar(total_hint: int = 0):
         bar.n = event.done
         bar.refresh()
 
-    return bar, callback
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    return close, callback
+
+
+def _download_bar():
+    """(close, progress(bytes done, total or None)) for model downloads: a byte bar, created at the first block."""
+    from tqdm import tqdm
+
+    state: dict = {"bar": None}
+
+    def progress(done: int, total: Optional[int]) -> None:
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
+                                file=sys.stderr, desc="download")
+        state["bar"].n = done
+        state["bar"].refresh()
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    return close, progress
+
+
+def quiet_loading() -> None:
+    """No "Loading weights" bar from transformers for the text encoder's tensors: the CLI's bars show the model's
+    work. Called just before a model is loaded (importing transformers earlier would slow every argument error)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def _is_folder_output(output: Path, raw: Optional[str] = None) -> bool:
@@ -82,7 +171,8 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
                 slice_range: Optional[tuple[int, int]] = None, direction: str = "both",
                 overlay_reference: Optional[np.ndarray] = None, sequence: bool = False, precision: str = "auto",
                 output_raw: Optional[str] = None):
-    """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix.
+    """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix: every
+    argument (device, output and overlay folders, window, slice range, start slice) is checked before the model loads.
 
     overlay_reference: a (z, y, x) reference mask drawn in green on the overlay beside the segments.
     sequence: read the input as a 2D+t sequence (frames along k) even when it is a plain 3D file; frame folders,
@@ -90,6 +180,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     ``.seq.nrrd`` label sequence or as one PNG mask per frame (``-o FOLDER/``).
     """
     from .engine.device import DeviceError, pick_device
+    from .engine.geometry import SliceGeometry
     from .engine.pipeline import PreparedVolume, SegmentRequest, segment_volume
     from .io.volumes import InputError, read_sequence, read_volume
     from .io.writers import (
@@ -111,22 +202,40 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     if not folder_output and suffixes not in (".seg.nrrd", ".seq.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha"):
         raise UserError(f"output must end with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha, or for a sequence "
                         f".seq.nrrd or a folder (FOLDER/) of per-frame PNG masks: {output}")
+    _check_output_folder(output / "x" if folder_output else output, "--output")
+    if overlay is not None:
+        if overlay.suffix.lower() != ".png":
+            raise UserError(f"--overlay writes a PNG image: give a .png file, not {overlay}")
+        _check_output_folder(overlay, "--overlay")
+    if start_slice is not None and start_slice < 0:
+        raise UserError(f"--start-slice {start_slice}: slice indices start at 0")
     try:
-        volume = read_sequence(input_path) if sequence else read_volume(input_path)
         dev = pick_device(device)
-        model = load_model(model_name, device=str(dev))
-        first_mask = load_model(first_mask_model, device=str(dev)) if first_mask_model else None
-    except (InputError, DeviceError, RegistryError, CheckpointError) as exc:
+        volume = read_sequence(input_path) if sequence else read_volume(input_path)
+    except (InputError, DeviceError) as exc:
         raise UserError(str(exc)) from exc
     if (folder_output or suffixes == ".seq.nrrd") and not volume.is_sequence:
         raise UserError(f"{output} is a sequence output (per-frame masks): the input is a volume; write .seg.nrrd "
                         "or .nii.gz, or pass --sequence if its k axis is time")
-    if start_slice is not None and not 0 <= start_slice:
-        raise UserError("--start-slice must be a slice index (0 or more)")
-    requests = [SegmentRequest(p, name=(names[i] if names and i < len(names) else None)) for i, p in enumerate(prompts)]
-    bar, callback = _progress_bar()
+    if volume.is_sequence and axis is not None:
+        raise UserError(f"--axis {axis}: a 2D+t sequence is segmented frame by frame; leave --axis out")
     try:
-        prepared = PreparedVolume(volume, model.image_size, axis, window)
+        geometry = (SliceGeometry.for_sequence(volume.spacing) if volume.is_sequence
+                    else SliceGeometry.for_volume(volume.direction, volume.spacing, axis))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    _check_slices(geometry.num_frames(volume.shape), slice_range, start_slice,
+                  "frames" if volume.is_sequence else "slices")
+    quiet_loading()
+    try:
+        model = load_model(model_name, device=str(dev))
+        first_mask = load_model(first_mask_model, device=str(dev)) if first_mask_model else None
+    except (RegistryError, CheckpointError) as exc:
+        raise UserError(str(exc)) from exc
+    requests = [SegmentRequest(p, name=(names[i] if names and i < len(names) else None)) for i, p in enumerate(prompts)]
+    close_bar, callback = _progress_bar()
+    try:
+        prepared = PreparedVolume.for_model(volume, model, axis, window)
         from .engine.tpp_engine import make_propagator
 
         propagator = make_propagator(model, str(dev), first_mask_model=first_mask, precision=precision)
@@ -136,7 +245,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     except (ValueError, IndexError) as exc:
         raise UserError(str(exc)) from exc
     finally:
-        bar.close()
+        close_bar()
     if folder_output:
         stems = list(volume.sequence.values) if input_path.is_dir() else None
         write_frame_masks(prepared.geometry.to_frames(result.labelmap()), output, stems)
@@ -148,9 +257,11 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         write_labelmap(volume, result.labelmap(), output)
     if overlay is not None:
         masks, colors = [s.mask for s in result.segments], [s.color for s in result.segments]
+        labels = [s.name for s in result.segments]
         if overlay_reference is not None:
-            masks, colors = [*masks, overlay_reference], [*colors, REFERENCE_COLOR]
-        write_overlay_png(masks, colors, overlay, frames=prepared.frames, frames_of=prepared.geometry.to_frames)
+            masks, colors, labels = [*masks, overlay_reference], [*colors, REFERENCE_COLOR], [*labels, "reference"]
+        write_overlay_png(masks, colors, overlay, frames=prepared.frames, frames_of=prepared.geometry.to_frames,
+                          names=labels, spacing=(prepared.geometry.row_spacing, prepared.geometry.col_spacing))
     for seg in result.segments:
         if volume.is_sequence:
             print(f"{seg.name}: the object in {seg.slices_with_object} of {len(prepared)} frames "
@@ -174,11 +285,16 @@ def cmd_demo(args) -> int:
     import numpy as np
     import SimpleITK as sitk
 
+    from .engine.device import DeviceError, pick_device
     from .resources import resource_path
 
     sample = resource_path(*DEMO_SAMPLE)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_output_folder(out / "sarcoma.seg.nrrd", "--output")
+    try:
+        pick_device(args.device)
+    except DeviceError as exc:
+        raise UserError(str(exc)) from exc
     seg_path, png_path = out / "sarcoma.seg.nrrd", out / "sarcoma_overlay.png"
     print(f"segmenting the bundled sample {sample.name} (TCIA soft-tissue sarcoma, CC BY 3.0) with "
           f"'{DEMO_PROMPT}'")
@@ -189,6 +305,11 @@ def cmd_demo(args) -> int:
     dice = 2 * np.logical_and(mask, truth).sum() / max(1, mask.sum() + truth.sum())
     truth_ml = truth.sum() * np.prod(result.volume.spacing) / 1000
     print(f"Dice against the reference tumour outline: {dice:.3f} (reference {truth_ml:.1f} mL)")
+    print("  Dice is the overlap of the model's outline with the expert's reference outline: 1 means identical, "
+          "0 no overlap.")
+    if args.model is None:
+        print(f"  The bundled research model (trained from scratch on CPUs) averages {DEMO_VALIDATION_DICE} over its "
+              "7 sarcoma validation cases, this one among them (docs/MODEL_CARD.md).")
     print(f"wrote {seg_path} and {png_path} (segment outline in its colour, reference outline in green)")
     return 0
 
@@ -207,20 +328,16 @@ def cmd_models(args) -> int:
         raise UserError(f"models {args.action} needs a model name (see: textpromptseg models list)")
     try:
         if args.action == "download":
-            bar, _ = _progress_bar()
-
-            def progress(done, total):
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-            registry.resolve(args.name, download_missing=True, progress=progress)
-            bar.close()
+            close_bar, progress = _download_bar()
+            try:
+                registry.resolve(args.name, download_missing=True, progress=progress)
+            finally:
+                close_bar()
         paths = registry.verify(args.name)
     except registry.RegistryError as exc:
         raise UserError(str(exc)) from exc
     for p in paths:
-        print(f"ok {p}")
+        print(f"ok {p} (SHA-256 matches)")
     return 0
 
 
@@ -228,12 +345,13 @@ def cmd_info(args) -> int:
     import platform
 
     print(f"textpromptseg {__version__}, Python {platform.python_version()} on {platform.platform()}")
-    for module in ("torch", "sam2", "transformers", "SimpleITK", "numpy"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("torch", "sam2", "transformers", "SimpleITK", "numpy"):
         try:
-            mod = __import__(module)
-            print(f"  {module} {getattr(mod, '__version__', getattr(mod, 'Version', lambda: '?')())}")
-        except ImportError:
-            print(f"  {module}: not installed")
+            print(f"  {package} {version(package)}")
+        except PackageNotFoundError:
+            print(f"  {package}: not installed")
     from .engine.device import keep_freed_host_memory, pick_device
 
     print(f"  default device: {pick_device(None)}")
@@ -245,8 +363,9 @@ def cmd_info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine.device import PRECISIONS
+    from .engine.preprocess import WINDOWS
 
-    parser = argparse.ArgumentParser(prog="textpromptseg", description="Text-prompted segmentation of medical "
+    parser = _Parser(prog="textpromptseg", description="Text-prompted segmentation of medical "
                                      "volumes and sequences (TGSAM-2).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -262,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--sequence", action="store_true", help="read INPUT as a 2D+t sequence (its k axis is time) "
                      "and segment it frame by frame")
     seg.add_argument("--model", help="registered model name or a checkpoint path (default: the bundled model)")
-    seg.add_argument("--device", help="cuda, mps, cpu or auto (default)")
+    seg.add_argument("--device", help="cuda, cuda:N, mps, cpu or auto (default)")
     seg.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="auto (default): bf16 on CUDA, float32 elsewhere; bf16 on a CPU with AVX512-BF16 or AMX "
                      "runs about 2x faster with masks within bf16 rounding of float32")
@@ -273,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="segment only these slices or frames (inclusive indices along the slicing axis)")
     seg.add_argument("--direction", choices=("both", "forward", "backward"), default="both",
                      help="propagate both ways from the start slice (default) or only towards higher/lower indices")
-    seg.add_argument("--window", help="CT window preset (soft_tissue, lung, bone, brain, ...) or CENTRE,WIDTH")
+    seg.add_argument("--window", help=f"CT window preset ({', '.join(WINDOWS)}) or CENTRE,WIDTH in HU (default: "
+                     "what the model was trained with: soft_tissue for CT, percentiles for other images)")
     seg.add_argument("--overlay", help="also write a PNG with the outline on a few slices")
     seg.add_argument("--first-mask-model", help="a TPP model whose start-slice mask prompts the --model's "
                      "propagation (the TPP -> SAM-2 pipeline)")
@@ -282,12 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="segment the bundled sarcoma CT with the bundled model")
     demo.add_argument("--output", default="textpromptseg-demo", help="output folder")
     demo.add_argument("--model", help="model (default: the bundled model)")
-    demo.add_argument("--device")
+    demo.add_argument("--device", help="cuda, cuda:N, mps, cpu or auto (default)")
     demo.set_defaults(func=cmd_demo)
 
     models = sub.add_parser("models", help="list, download or verify models")
     models.add_argument("action", choices=("list", "download", "verify"))
-    models.add_argument("name", nargs="?")
+    models.add_argument("name", nargs="?", help="a registered model name; verify also takes a checkpoint folder path "
+                        "(checked against its SHA256SUMS)")
     models.set_defaults(func=cmd_models)
 
     info = sub.add_parser("info", help="versions and devices")
@@ -322,5 +443,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m TextPromptSegLib.cli: run the imported module's main, so that the UserError
+    from TextPromptSegLib.cli import main as package_main  # that subcommand modules raise is the one main catches
+
+    sys.exit(package_main())

@@ -3,7 +3,9 @@
 Downloads go to a user cache (``TEXTPROMPTSEG_CACHE`` or ``~/.cache/textpromptseg``) through a ``.part`` file and
 are verified before they are renamed into place. A registry entry whose ``sha256`` is still null (Meta publishes
 no checksums) is pinned on first download: the digest is written beside the file and checked on every later
-use. A local file or folder can always be given instead of a name (offline sites). No torch import.
+use. A local file or folder can always be given instead of a name (offline sites). A checkpoint folder with a
+``SHA256SUMS`` file is checked against it wherever it comes from (bundled, registered or given as a path). No torch
+import.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
 def download(url: str, target: Path, expected_sha256: Optional[str],
              progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Path:
     """Fetch ``url`` into ``target`` via ``target.part``; verify (or pin) the SHA-256. Supports file:// URLs."""
+    created = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     try:
@@ -76,39 +79,85 @@ def download(url: str, target: Path, expected_sha256: Optional[str],
                 if progress:
                     progress(done, total)
     except OSError as exc:
-        part.unlink(missing_ok=True)
+        _discard(part, target.parent if created else None)
         raise RegistryError(f"download of {url} failed: {exc}. Offline, download it elsewhere and pass the file "
                             f"path with --model.") from exc
     digest = sha256(part)
     if expected_sha256 and digest != expected_sha256:
-        part.unlink()
+        _discard(part, target.parent if created else None)
         raise RegistryError(f"checksum mismatch for {url}: expected {expected_sha256}, got {digest}")
     os.replace(part, target)
     Path(str(target) + ".sha256").write_text(digest + "\n", encoding="utf-8")
     return target
 
 
-def verify(name: str, path: Optional[Path] = None) -> list[Path]:
-    """Check every file of a registered model against its checksum; returns the verified paths."""
-    entry = entries(path)[name]
+def _discard(part: Path, folder: Optional[Path]) -> None:
+    """Remove a failed download's ``.part`` file and the cache folder made for it, if it is left empty."""
+    part.unlink(missing_ok=True)
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def verify_folder(folder: Path, label: Optional[str] = None, require_sums: bool = False) -> list[Path]:
+    """A checkpoint folder: ``model.safetensors`` and ``config.json`` are there, and every file its ``SHA256SUMS``
+    lists matches its digest. ``require_sums``: a folder without SHA256SUMS is an error (there is nothing to verify
+    against); otherwise it passes unverified. Returns the verified files; raises RegistryError naming the file."""
+    folder = Path(folder)
+    label = label or str(folder)
+    files = [folder / "model.safetensors", folder / "config.json"]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise RegistryError(f"model {label} is missing {', '.join(missing)} in {folder}")
+    pinned = folder / "SHA256SUMS"
+    if not pinned.is_file():
+        if require_sums:
+            raise RegistryError(f"{folder} has no SHA256SUMS: there is nothing to verify it against "
+                                "(scripts/bundle_model.py writes one)")
+        return []
+    verified = []
+    for number, line in enumerate(pinned.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise RegistryError(f"{pinned} line {number} is not '<sha256>  <file name>'")
+        digest, filename = parts[0].lower(), parts[1].strip().lstrip("*")
+        path = folder / filename
+        if not path.is_file():
+            raise RegistryError(f"model {label}: {filename}, listed in SHA256SUMS, is missing")
+        if sha256(path) != digest:
+            raise RegistryError(f"model {label}: {filename} does not match its SHA256SUMS (the copy is damaged or "
+                                "was modified); copy or download the model again")
+        verified.append(path)
+    return verified
+
+
+def verify(name_or_path: str, path: Optional[Path] = None) -> list[Path]:
+    """Check a registered model (by name) or a checkpoint given by path against its checksums; returns the verified
+    files. A folder must have a ``SHA256SUMS``; a downloaded file its registry digest or the digest pinned on its
+    first download (``FILE.sha256``). Raises RegistryError for an unknown name, a missing file or a mismatch."""
+    candidate = Path(name_or_path)
+    if candidate.exists():
+        if candidate.is_dir():
+            return verify_folder(candidate, require_sums=True)
+        expected = _pinned(candidate)
+        if not expected:
+            raise RegistryError(f"{candidate} has no {candidate.name}.sha256 beside it: there is nothing to verify it "
+                                "against")
+        if sha256(candidate) != expected:
+            raise RegistryError(f"{candidate} does not match its checksum; delete it and download again")
+        return [candidate]
+    known = entries(path)
+    if name_or_path not in known:
+        raise RegistryError(f"unknown model {name_or_path!r}; known: {', '.join(known)} (or give a path)")
+    entry = known[name_or_path]
     if entry.bundled:
-        folder = resource_path(entry.bundled)
-        files = [folder / "model.safetensors", folder / "config.json"]
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise RegistryError(f"bundled model {name} is missing {', '.join(map(str, missing))}")
-        pinned = folder / "SHA256SUMS"
-        if pinned.is_file():
-            for line in pinned.read_text(encoding="utf-8").splitlines():
-                digest, filename = line.split()
-                if sha256(folder / filename) != digest:
-                    raise RegistryError(f"bundled model {name}: {filename} does not match SHA256SUMS")
-        return files
+        return verify_folder(resource_path(entry.bundled), f"bundled model {name_or_path}")
     out = []
     for spec in entry.files:
-        target = cache_dir() / name / spec["name"]
+        target = cache_dir() / entry.name / spec["name"]
         if not target.is_file():
-            raise RegistryError(f"{name} is not downloaded; run: textpromptseg models download {name}")
+            raise RegistryError(f"{entry.name} is not downloaded; run: textpromptseg models download {entry.name}")
         expected = spec.get("sha256") or _pinned(target)
         if expected and sha256(target) != expected:
             raise RegistryError(f"{target} does not match its checksum; delete it and download again")
@@ -148,6 +197,10 @@ def resolve(name_or_path: Optional[str], download_missing: bool = False,
     name_or_path = name_or_path or default_model_name(path)
     candidate = Path(name_or_path)
     if candidate.exists():
+        if candidate.is_dir():
+            verify_folder(candidate)  # against its SHA256SUMS when it has one
+        elif _pinned(candidate):
+            verify(str(candidate))
         return model_kind(name_or_path, path), candidate, None
     known = entries(path)
     if name_or_path not in known:

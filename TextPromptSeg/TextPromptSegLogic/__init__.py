@@ -43,11 +43,31 @@ def geometry_from_node(volume_node) -> tuple[tuple, tuple, np.ndarray]:
     return tuple(spacing), tuple(lps[:3, 3]), lps[:3, :3] / spacing
 
 
+def node_metadata(volume_node) -> dict:
+    """What a volume node says about its modality, for ``decide_modality``: the voxel value quantity and units codes
+    that Slicer's DICOM plugin sets from the SOP class (Hounsfield units for CT), and the DICOM Modality of its
+    first instance when Slicer's DICOM database knows it."""
+    import slicer
+
+    meta = {}
+    for key, getter in (("units", "GetVoxelValueUnits"), ("quantity", "GetVoxelValueQuantity")):
+        code = getattr(volume_node, getter)() if hasattr(volume_node, getter) else None
+        if code is not None and code.GetCodeValue():
+            meta[key] = code.GetCodeValue()
+    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    database = getattr(slicer, "dicomDatabase", None)
+    if uids and database is not None:
+        meta["0008,0060"] = database.fileValue(database.fileForInstance(uids[0]), "0008,0060")
+    return meta
+
+
 def volume_from_node(volume_node, modality: Optional[str] = None):
-    """A library ``Volume`` from a vtkMRMLScalarVolumeNode (voxels (z, y, x) and IJK->LPS geometry)."""
+    """A library ``Volume`` from a vtkMRMLScalarVolumeNode (voxels (z, y, x) and IJK->LPS geometry); its modality
+    decided by ``decide_modality`` from the node's metadata, else its values (as training and the CLI do)."""
     from vtkmodules.util import numpy_support
 
-    from TextPromptSegLib.io.volumes import Volume, guess_modality
+    from TextPromptSegLib.engine.preprocess import decide_modality
+    from TextPromptSegLib.io.volumes import Volume
 
     image = volume_node.GetImageData() if volume_node is not None else None
     if image is None or image.GetPointData().GetScalars() is None:
@@ -58,7 +78,7 @@ def volume_from_node(volume_node, modality: Optional[str] = None):
     array = array.reshape(dims[::-1] + ((components,) if components > 1 else ()))
     array = array.copy()  # the worker must not read a buffer the main thread may modify
     spacing, origin, direction = geometry_from_node(volume_node)
-    return Volume(array, spacing, origin, direction, modality or guess_modality(array))
+    return Volume(array, spacing, origin, direction, modality or decide_modality(array, node_metadata(volume_node)))
 
 
 def mask_to_oriented_image(mask: np.ndarray, volume_node):
@@ -530,7 +550,7 @@ class TextPromptSegLogic:
                                      precision=self.precision)
         if hasattr(propagator, "cache_bytes"):
             propagator.cache_bytes = int(self.session_cache_bytes)
-        prepared = PreparedVolume(volume, propagator.model.image_size, axis, window)
+        prepared = PreparedVolume.for_model(volume, propagator.model, axis, window)
         engine = _Engine(key, propagator, prepared, propagator.start_session(prepared.frame_source()))
         self._engines[key] = engine
         while len(self._engines) > max(1, self.max_sessions):

@@ -10,8 +10,12 @@ class DeviceError(ValueError):
     """The requested device is not available."""
 
 
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def pick_device(preference: Optional[str] = None):
-    """``None``/"auto" picks cuda, then mps, then cpu; "cuda", "cuda:1", "mps", "cpu" are checked."""
+    """``None``/"auto" picks cuda, then mps, then cpu; "cuda", "cuda:1", "mps", "cpu" are checked. Raises
+    DeviceError for any other name and for a device this machine does not have."""
     import torch
 
     if preference in (None, "", "auto"):
@@ -20,9 +24,17 @@ def pick_device(preference: Optional[str] = None):
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise DeviceError(f"unknown device {preference!r}; use {DEVICE_NAMES}") from exc
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {preference!r} is not supported; use {DEVICE_NAMES}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError("CUDA was requested but no CUDA GPU is available; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"{preference} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                          f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DeviceError("Apple MPS was requested but is not available on this machine")
     return device

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..io.volumes import Volume, validate
 from .geometry import SliceGeometry
-from .preprocess import FrameTransform, Window, normalize_intensity
+from .preprocess import FrameTransform, InputSpec, Window, model_inputs, normalize_intensity
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,12 @@ class VolumeSegmentation:
 class PreparedVolume:
     """A volume made ready for a model: normalised frames along the slicing axis and the resize transform.
 
-    A 2D+t sequence (``volume.sequence``) is always cut into its time points (``axis`` must be None)."""
+    Intensities are normalised as ``inputs`` (the model's checkpoint, :meth:`for_model`) states for the volume's
+    modality (``volume.modality``, decided by ``preprocess.decide_modality`` when it was read), unless ``window``
+    overrides it. A 2D+t sequence (``volume.sequence``) is always cut into its time points (``axis`` must be None)."""
 
     def __init__(self, volume: Volume, image_size: int, axis: Optional[str] = None, window: Window = None,
-                 min_slices: int = 2) -> None:
+                 min_slices: int = 2, inputs: Optional[InputSpec] = None) -> None:
         self.volume = validate(volume, min_slices)
         if volume.is_sequence:
             if axis is not None:
@@ -119,10 +121,15 @@ class PreparedVolume:
             self.geometry = SliceGeometry.for_sequence(volume.spacing)
         else:
             self.geometry = SliceGeometry.for_volume(volume.direction, volume.spacing, axis)
-        normalised = normalize_intensity(volume.array, volume.modality, window)
+        normalised = normalize_intensity(volume.array, volume.modality, window, inputs)
         self.frames = self.geometry.to_frames(normalised)  # (N, H, W[, 3]) view
         n, h, w = self.frames.shape[:3]
         self.transform = FrameTransform(h, w, image_size, self.geometry.row_spacing, self.geometry.col_spacing)
+
+    @classmethod
+    def for_model(cls, volume: Volume, model, axis: Optional[str] = None, window: Window = None) -> PreparedVolume:
+        """``volume`` prepared for ``model``: its input size and the normalisation its checkpoint states."""
+        return cls(volume, model.image_size, axis, window, inputs=model_inputs(model))
 
     def __len__(self) -> int:
         return self.frames.shape[0]
@@ -186,15 +193,22 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
         if model is None:
             raise ValueError("give a model or a propagator")
         propagator = make_propagator(model, device, encode_batch_size)
-    prepared = prepared or PreparedVolume(volume, propagator.model.image_size, axis, window)
+    prepared = prepared or PreparedVolume.for_model(volume, propagator.model, axis, window)
+    first, last = (int(i) for i in slice_range) if slice_range is not None else (0, len(prepared) - 1)
+    if not 0 <= first <= last < len(prepared):  # checked before anything is encoded or estimated
+        raise IndexError(f"slice range {first}..{last} is not within 0..{len(prepared) - 1} (first <= last)")
+    if start_slice is not None and not first <= start_slice <= last:
+        raise IndexError(f"start slice {start_slice} is outside {first}..{last}")
     session = session or propagator.start_session(prepared.frame_source())
     if estimate and hasattr(session, "estimate_seconds"):
         frames = slice_range[1] - slice_range[0] + 1 if slice_range else len(prepared)
         seconds = session.estimate_seconds(len(requests), locate=start_slice is None, frames=frames)
         if progress is not None:
+            device = str(getattr(propagator, "device", "this device"))
+            where = "the CPU" if device == "cpu" else device
             progress(ProgressEvent("estimate", 0, frames, -1, seconds,
                                    f"estimated {seconds:.0f} s for {len(requests)} prompt(s) over {frames} slices "
-                                   f"on {getattr(propagator, 'device', 'this device')} (measured on this machine)"))
+                                   f"on {where} (measured on this machine)"))
     transform = prepared.transform
     results = []
     for i, request in enumerate(requests):

@@ -1,15 +1,22 @@
 """Intensity normalisation and the resize/pad to the model input, with the exact inverse. numpy only at import.
 
-Intensities become [0, 1] once per volume (so neighbouring slices stay comparable): a CT window (presets or a
-user (centre, width)), or robust percentiles (0.5-99.5 %) for MRI and ultrasound; RGB frames are divided by 255.
+Which normalisation a volume gets is decided in one place for training, evaluation, the CLI and the Slicer Logic:
+:func:`decide_modality` says whether a volume is CT (from its metadata when there is any, else from its values),
+and :func:`normalize_intensity` applies what the model's checkpoint states for that modality (:class:`InputSpec`,
+``"inputs"`` in its ``config.json``; the training code's own choice, :data:`TRAINING_INPUTS`, when it states
+none). Intensities become [0, 1] once per volume (so neighbouring slices stay comparable): a CT window, or robust
+percentiles (0.5-99.5 %) for MRI and ultrasound; RGB frames are divided by 255. A user's ``window`` overrides the
+checkpoint's choice for that run.
+
 Frames are resized keeping their *physical* aspect ratio (pixel spacing) so that the longer side fills S, then
 padded at the bottom/right; :meth:`FrameTransform.logits_to_frame` crops the padding and resizes back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Union
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -24,26 +31,200 @@ WINDOWS = {  # (centre, width) in HU
 }
 Window = Union[str, tuple[float, float], None]
 
+# --- which modality -------------------------------------------------------------------------------------------
 
-def normalize_intensity(array: np.ndarray, modality: str = "unknown", window: Window = None) -> np.ndarray:
-    """Volume (z, y, x) or RGB (t, y, x, 3) -> float32 in [0, 1] with the same shape."""
+# metadata keys (compared without case) whose value names the modality: DICOM (0008,0060) as SimpleITK/GDCM, Slicer's
+# DICOM database ("0008,0060") and NRRD/MITK-style key names write it, and a plain "modality" key
+_MODALITY_KEYS = ("0008|0060", "0008,0060", "modality", "dicom.modality", "dicom_0008_0060", "dicom.0008.0060")
+# metadata that implies the modality without naming it: Slicer's voxel value quantity / units codes (set from the
+# SOP class by its DICOM scalar volume plugin), the DICOM SOP class UID and the rescale type
+_CT_UNITS = ("[hnsf'u]", "hu", "hounsfield unit")
+_QUANTITY = {"112031": "CT", "110852": "MR"}  # DCM codes: attenuation coefficient, MR signal intensity
+_SOP_CLASS = {"1.2.840.10008.5.1.4.1.1.2": "CT", "1.2.840.10008.5.1.4.1.1.4": "MR",
+              "1.2.840.10008.5.1.4.1.1.6": "US", "1.2.840.10008.5.1.4.1.1.3": "US"}
+
+
+def modality_from_metadata(metadata: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The modality a file's or node's metadata states ("CT", "MR", "US", or the DICOM code as given, e.g. "PT"), or
+    None when it states none. Keys are compared without case: a DICOM Modality ``0008|0060`` / ``0008,0060``, a
+    ``modality`` key (NRRD, Slicer attribute ``DICOM.Modality``), ``units`` / ``quantity`` (Slicer's voxel value
+    codes: Hounsfield units or "attenuation coefficient" mean CT), ``0008|0016`` (SOP class UID) and
+    ``0028|1054`` (rescale type "HU")."""
+    if not metadata:
+        return None
+    meta = {str(k).strip().lower(): str(v).strip() for k, v in metadata.items() if v is not None and str(v).strip()}
+    for key in _MODALITY_KEYS:
+        if key in meta:
+            value = meta[key].upper()
+            return {"MRI": "MR", "OCT": "unknown"}.get(value, value)
+    if meta.get("units", "").lower() in _CT_UNITS or meta.get("0028|1054", "").upper() == "HU":
+        return "CT"
+    if meta.get("quantity") in _QUANTITY:
+        return _QUANTITY[meta["quantity"]]
+    sop = meta.get("0008|0016", "")
+    for prefix, modality in _SOP_CLASS.items():  # e.g. Enhanced CT 1.2.840.10008.5.1.4.1.1.2.1
+        if sop == prefix or sop.startswith(prefix + "."):
+            return modality
+    return None
+
+
+def looks_like_hounsfield(array: np.ndarray) -> bool:
+    """Whether a scalar volume's values look like Hounsfield units, whatever its dtype: air or padding at -500 HU
+    or below, a median between air (-1100) and dense bone (3100), and values that are whole numbers (as stored CT
+    is, in int16 or float32 alike) or, for resampled CTs, at least 1 % of voxels at air (-1050..-950 HU).
+    Reads every k-th slice (at most about 16)."""
+    if array.ndim != 3 or array.size == 0:
+        return False
+    sample = np.asarray(array[:: max(1, array.shape[0] // 16)])
+    if sample.dtype.kind not in "iuf" or sample.dtype.kind == "u":  # unsigned data holds no negative HU
+        return False
+    sample = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
+    if sample.size == 0 or float(sample.min()) > -500:
+        return False
+    if not -1100 <= float(np.median(sample)) <= 3100:
+        return False
+    if sample.dtype.kind == "i" or bool(np.all(sample == np.round(sample))):
+        return True
+    return float(np.mean((sample >= -1050) & (sample <= -950))) >= 0.01
+
+
+def decide_modality(array: np.ndarray, metadata: Optional[Mapping[str, Any]] = None) -> str:
+    """The modality that selects a volume's intensity normalisation, decided the same way by training, evaluation,
+    the CLI and the Slicer Logic: "endoscopy" for colour (t, y, x, 3) data; else what the metadata states
+    (:func:`modality_from_metadata`: DICOM Modality, SOP class, Slicer's voxel value units, an NRRD ``modality``
+    key); else "CT" when the values look like Hounsfield units (:func:`looks_like_hounsfield`, int16 and float32
+    alike), otherwise "unknown" (robust percentiles, as for MR).
+
+    array: (z, y, x) scalar or (z, y, x, 3) colour voxels. metadata: string keys and values, or None."""
     if array.ndim == 4:
-        return np.clip(array.astype(np.float32) / (255.0 if array.max() > 1.0 else 1.0), 0.0, 1.0)
+        return "endoscopy"
+    stated = modality_from_metadata(metadata)
+    if stated is not None:
+        return stated
+    return "CT" if looks_like_hounsfield(array) else "unknown"
+
+
+# --- how each modality is normalised --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How one modality's intensities become [0, 1]: a window (centre, width, in the image's units: HU for CT), or
+    the (low, high) percentiles of the volume, or for colour data a division by ``scale`` (values above 1 only)."""
+
+    window: Optional[tuple[float, float]] = None
+    percentiles: Optional[tuple[float, float]] = None
+    scale: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if sum(v is not None for v in (self.window, self.percentiles, self.scale)) != 1:
+            raise ValueError("a normalisation is exactly one of: window, percentiles, scale")
+        if self.window is not None and float(self.window[1]) <= 0:
+            raise ValueError(f"window width must be positive, got {self.window[1]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.window is not None:
+            return {"window": [float(v) for v in self.window]}
+        if self.percentiles is not None:
+            return {"percentiles": [float(v) for v in self.percentiles]}
+        return {"scale": float(self.scale)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Normalisation:
+        unknown = set(data) - {"window", "percentiles", "scale"}
+        if unknown:
+            raise ValueError(f"unknown normalisation key(s) {sorted(unknown)}")
+        return cls(tuple(data["window"]) if "window" in data else None,
+                   tuple(data["percentiles"]) if "percentiles" in data else None,
+                   float(data["scale"]) if "scale" in data else None)
+
+    def describe(self) -> str:
+        if self.window is not None:
+            return f"window {self.window[0]:g},{self.window[1]:g}"
+        if self.percentiles is not None:
+            return f"percentiles {self.percentiles[0]:g}-{self.percentiles[1]:g}"
+        return f"divided by {self.scale:g}"
+
+
+PERCENTILES = Normalisation(percentiles=(0.5, 99.5))
+# what the training code does (training/data.py prepares every volume with this) and therefore what a checkpoint
+# that states nothing was trained with
+DEFAULT_INTENSITY: Mapping[str, Normalisation] = {
+    "CT": Normalisation(window=WINDOWS["soft_tissue"]), "MR": PERCENTILES, "US": PERCENTILES,
+    "unknown": PERCENTILES, "RGB": Normalisation(scale=255.0)}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model reads, as its checkpoint's ``config.json`` states under ``"inputs"``:
+
+    intensity: per modality ("CT", "MR", "US", "unknown", and "RGB" for colour data) the normalisation it was
+    trained with; a modality without an entry gets the "unknown" one.
+    """
+
+    intensity: Mapping[str, Normalisation] = field(default_factory=lambda: dict(DEFAULT_INTENSITY))
+
+    def normalisation(self, modality: str, rgb: bool = False) -> Normalisation:
+        if rgb:
+            return self.intensity.get("RGB", DEFAULT_INTENSITY["RGB"])
+        return self.intensity.get(modality) or self.intensity.get("unknown", PERCENTILES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"intensity": {k: v.to_dict() for k, v in self.intensity.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> InputSpec:
+        """The spec of a config's ``"inputs"``; None (an older checkpoint) gives :data:`TRAINING_INPUTS`."""
+        if not data:
+            return cls()
+        unknown = set(data) - {"intensity"}
+        if unknown:
+            raise ValueError(f"unknown 'inputs' key(s) {sorted(unknown)}")
+        intensity = {str(k): Normalisation.from_dict(v) for k, v in data.get("intensity", {}).items()}
+        return cls({**DEFAULT_INTENSITY, **intensity})
+
+
+TRAINING_INPUTS = InputSpec()  # what training/data.py prepares volumes with; written into every trained checkpoint
+
+
+def model_inputs(model: Any) -> InputSpec:
+    """The :class:`InputSpec` a built model's checkpoint states (``model.inputs``), else the training default."""
+    spec = getattr(model, "inputs", None)
+    return spec if isinstance(spec, InputSpec) else TRAINING_INPUTS
+
+
+def resolve_window(window: Window) -> Optional[tuple[float, float]]:
+    """A preset name or (centre, width) -> (centre, width); ValueError for an unknown name or a width <= 0."""
+    if window is None:
+        return None
     if isinstance(window, str):
         if window not in WINDOWS:
             raise ValueError(f"unknown window {window!r}; choose one of {', '.join(WINDOWS)} or give centre,width")
-        window = WINDOWS[window]
-    if window is None and modality == "CT":
-        window = WINDOWS["soft_tissue"]
+        return WINDOWS[window]
+    centre, width = float(window[0]), float(window[1])
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width:g}")
+    return centre, width
+
+
+def normalize_intensity(array: np.ndarray, modality: str = "unknown", window: Window = None,
+                        inputs: Optional[InputSpec] = None) -> np.ndarray:
+    """Volume (z, y, x) or RGB (t, y, x, 3) -> float32 in [0, 1] with the same shape.
+
+    modality: as :func:`decide_modality` says; inputs: the model's :class:`InputSpec` (default: the training
+    code's); window: a preset name or (centre, width) that overrides the spec for this volume."""
+    spec = (inputs or TRAINING_INPUTS).normalisation(modality, rgb=array.ndim == 4)
+    if array.ndim == 4:
+        scale = spec.scale or 255.0
+        return np.clip(array.astype(np.float32) / (scale if array.max() > 1.0 else 1.0), 0.0, 1.0)
+    chosen = resolve_window(window) or spec.window
     data = array.astype(np.float32, copy=False)
-    if window is not None:
-        centre, width = float(window[0]), float(window[1])
-        if width <= 0:
-            raise ValueError(f"window width must be positive, got {width}")
+    if chosen is not None:
+        centre, width = float(chosen[0]), float(chosen[1])
         low, high = centre - width / 2, centre + width / 2
     else:
         sample = data[:: max(1, data.shape[0] // 32)].ravel()
-        low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+        low, high = (float(v) for v in np.percentile(sample, spec.percentiles or PERCENTILES.percentiles))
         if high <= low:
             low, high = float(data.min()), float(data.max())
     return np.clip((data - low) / max(high - low, 1e-6), 0.0, 1.0)

@@ -60,7 +60,7 @@ class InteractiveSegmentation:
                 raise ValueError("give a model or a propagator")
             propagator = make_propagator(model, device, encode_batch_size)
         self.propagator = propagator
-        self.prepared = PreparedVolume(self.volume, propagator.model.image_size, axis, window)
+        self.prepared = PreparedVolume.for_model(self.volume, propagator.model, axis, window)
         self.session = propagator.start_session(self.prepared.frame_source())
 
     def __len__(self) -> int:

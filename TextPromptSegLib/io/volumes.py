@@ -18,6 +18,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..engine.preprocess import decide_modality
+
 log = logging.getLogger(__name__)
 
 MIN_SLICES = 2
@@ -104,12 +106,9 @@ class Volume:
         return m
 
 
-def guess_modality(array: np.ndarray) -> str:
-    """CT when intensities look like Hounsfield units (air near -1000), else unknown."""
-    if array.ndim == 4:
-        return "endoscopy"
-    sample = array[:: max(1, array.shape[0] // 8)]
-    return "CT" if np.issubdtype(sample.dtype, np.signedinteger) and sample.min() <= -500 else "unknown"
+def image_metadata(image) -> dict[str, str]:
+    """A SimpleITK image's metadata dictionary (DICOM tags as ``gggg|eeee``, NRRD and NIfTI header fields)."""
+    return {key: image.GetMetaData(key) for key in image.GetMetaDataKeys()}
 
 
 def validate(volume: Volume, min_slices: int = MIN_SLICES) -> Volume:
@@ -148,7 +147,10 @@ def is_sequence_path(path: Union[str, Path]) -> bool:
 
 def read_volume(path: Union[str, Path], modality: str | None = None) -> Volume:
     """NIfTI, NRRD, MHA/MHD, a DICOM series folder, an npz (keys imgs, spacing, ...), or a 2D+t sequence: a folder
-    of frames, a Slicer ``.seq.nrrd`` of 2D frames, a multi-page TIFF or a ``.npy`` (t, y, x[, 3]) array."""
+    of frames, a Slicer ``.seq.nrrd`` of 2D frames, a multi-page TIFF or a ``.npy`` (t, y, x[, 3]) array.
+
+    modality: None (the default everywhere) decides it with ``engine.preprocess.decide_modality`` from the file's
+    metadata (DICOM Modality and SOP class, an NRRD ``modality`` field) or else its values (Hounsfield-like)."""
     import SimpleITK as sitk
 
     path = Path(path)
@@ -162,7 +164,9 @@ def read_volume(path: Union[str, Path], modality: str | None = None) -> Volume:
             raise InputError(f"{path} holds no DICOM series and no image frames")
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), ids[0]))
+        reader.MetaDataDictionaryArrayUpdateOn()  # the first slice's tags: Modality, SOP class, rescale type
         image = reader.Execute()
+        metadata = {key: reader.GetMetaData(0, key) for key in reader.GetMetaDataKeys(0)}
     elif path.suffix == ".npz":
         return validate(_read_npz(path, modality))
     else:
@@ -170,12 +174,13 @@ def read_volume(path: Union[str, Path], modality: str | None = None) -> Volume:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from exc
+        metadata = image_metadata(image)
     if image.GetDimension() == 2 or (image.GetDimension() == 3 and image.GetSize()[2] == 1):
         raise InputError(f"{path.name} is a 2D image: a volume (or a folder of frames) is needed")
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
     volume = Volume.from_sitk(image)
-    volume.modality = modality or guess_modality(volume.array)
+    volume.modality = modality or decide_modality(volume.array, metadata)
     return validate(volume)
 
 
@@ -186,7 +191,8 @@ def _read_npz(path: Path, modality: str | None) -> Volume:
         spacing = tuple(data["spacing"]) if "spacing" in data else (1.0, 1.0, 1.0)
         origin = tuple(data["origin"]) if "origin" in data else (0.0, 0.0, 0.0)
         direction = np.array(data["direction"]).reshape(3, 3) if "direction" in data else np.eye(3)
-        return Volume(np.asarray(data["imgs"]), spacing, origin, direction, modality or "CT")
+        imgs = np.asarray(data["imgs"])
+        return Volume(imgs, spacing, origin, direction, modality or decide_modality(imgs))
 
 
 def read_frames(files: list[Path]) -> Volume:

@@ -121,30 +121,74 @@ def write_seg_nrrd(volume: Volume, segments: Sequence[SegmentSpec], path: Path) 
     return Path(path)
 
 
-def write_overlay_png(masks: Sequence[np.ndarray], colors: Sequence[tuple[float, float, float]], path: Path, *,
-                      frames: np.ndarray, frames_of: Callable[[np.ndarray], np.ndarray], n_slices: int = 4) -> Path:
-    """A PNG strip of ``n_slices`` slices through the segmented region with each mask's outline in its colour.
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """The inner ``width``-pixel border of a (H, W) bool mask."""
+    inner = mask.copy()
+    for _ in range(width):
+        inner = inner & np.roll(inner, 1, 0) & np.roll(inner, -1, 0) & np.roll(inner, 1, 1) & np.roll(inner, -1, 1)
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+    return mask & ~inner
 
-    ``frames`` (N, H, W) in [0, 1] is the displayed image; ``frames_of(mask)`` maps a (z, y, x) mask to frames.
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def write_overlay_png(masks: Sequence[np.ndarray], colors: Sequence[tuple[float, float, float]], path: Path, *,
+                      frames: np.ndarray, frames_of: Callable[[np.ndarray], np.ndarray], n_slices: int = 4,
+                      names: Sequence[str] | None = None, spacing: tuple[float, float] = (1.0, 1.0),
+                      tile_height: int = 384, line_width: int = 2) -> Path:
+    """A PNG strip of ``n_slices`` slices through the segmented region, each mask outlined in its colour.
+
+    ``frames`` (N, H, W) or (N, H, W, 3) in [0, 1] is the displayed image; ``frames_of(mask)`` maps a (z, y, x)
+    mask to frames (N, H, W). Each tile is ``tile_height`` pixels high with the frame's physical aspect (``spacing``:
+    row, column pixel size in mm), outlines are ``line_width`` output pixels wide, each tile is labelled with its
+    slice index along the slicing axis, and a legend under the strip names each colour (``names``).
     """
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     mask_frames = [frames_of(m) for m in masks]
     present = np.flatnonzero(np.any([mf.reshape(mf.shape[0], -1).any(1) for mf in mask_frames], axis=0))
     chosen = present if present.size else np.arange(frames.shape[0])
     picks = chosen[np.linspace(0, len(chosen) - 1, min(n_slices, len(chosen))).round().astype(int)]
+    h, w = frames.shape[1:3]
+    size = (max(1, round(tile_height * (w * spacing[1]) / (h * spacing[0]))), tile_height)  # (width, height)
+    font = _font(max(12, tile_height // 20))
     tiles = []
     for n in picks:
-        rgb = np.repeat((frames[n] * 255).astype(np.uint8)[..., None], 3, axis=-1) if frames.ndim == 3 else (
-            frames[n] * 255).astype(np.uint8)
+        grey = (np.clip(frames[n], 0, 1) * 255).astype(np.uint8)
+        tile = Image.fromarray(grey).convert("RGB").resize(size, Image.BILINEAR)
+        rgb = np.array(tile)
         for mf, color in zip(mask_frames, colors):
-            m = mf[n]
-            edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-            rgb[edge] = (np.asarray(color) * 255).astype(np.uint8)
-        tiles.append(rgb)
-    strip = np.concatenate(tiles, axis=1)
-    scale = max(1, 256 // strip.shape[0])
-    image = Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST)
+            big = np.asarray(Image.fromarray(mf[n].astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+            rgb[_outline(big, line_width)] = (np.asarray(color) * 255).astype(np.uint8)
+        tile = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(tile)
+        draw.text((6, 4), f"slice {int(n)} (0-{frames.shape[0] - 1})", fill=(255, 255, 0), font=font,
+                  stroke_width=2, stroke_fill=(0, 0, 0))
+        tiles.append(tile)
+    gap = 4
+    legend_height = (font.size if hasattr(font, "size") else 12) + 16 if names else 0
+    width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
+    image = Image.new("RGB", (width, tile_height + legend_height), (0, 0, 0))
+    x = 0
+    for tile in tiles:
+        image.paste(tile, (x, 0))
+        x += tile.width + gap
+    if names:
+        draw = ImageDraw.Draw(image)
+        x, y = 8, tile_height + 8
+        for name, color in zip(names, colors):
+            fill = tuple(int(c * 255) for c in color)
+            draw.rectangle((x, y + 2, x + 24, y + 2 + line_width * 2), fill=fill)
+            draw.text((x + 30, y - 2), name, fill=(255, 255, 255), font=font)
+            x += 30 + int(draw.textlength(name, font=font)) + 24
     with atomic_path(Path(path)) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)

@@ -2,7 +2,9 @@
 code); Meta's official SAM-2 / SAM-2.1 ``.pt`` files load with ``torch.load(weights_only=True)``.
 
 A frozen text encoder is not stored (``config.json`` names it); trainable adapters are. Loading is strict: one
-``CheckpointError`` names every missing key, unexpected key and shape mismatch.
+``CheckpointError`` names every missing key, unexpected key and shape mismatch. ``config.json`` also states what the
+model reads (``"inputs"``: the intensity normalisation each modality was trained with, ``engine.preprocess.
+InputSpec``); loading sets it as ``model.inputs``, which inference applies.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..engine.preprocess import InputSpec, model_inputs
 from .config import TGSAM2Config
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,18 @@ def read_config(path: Union[str, Path]) -> TGSAM2Config:
     return TGSAM2Config.from_dict(data["config"])
 
 
+def read_inputs(path: Union[str, Path]) -> InputSpec:
+    """The ``"inputs"`` a checkpoint's ``config.json`` states (the training default when it states none)."""
+    _, config_path = _paths(Path(path))
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+        return InputSpec.from_dict(data.get("inputs"))
+    except FileNotFoundError:
+        return InputSpec()
+    except (json.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{config_path}: bad 'inputs' entry: {exc}") from exc
+
+
 def _stored_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint holds: everything but a frozen text encoder and the pretrained parts that the model reads
     from an installed package (LiteMedSAM; ``TGSAM2.package_keys``)."""
@@ -75,7 +90,7 @@ def save_checkpoint(model: torch.nn.Module, folder: Union[str, Path], half: bool
     save_file(state, str(tmp), metadata={"format": getattr(model, "checkpoint_format", FORMAT)})
     tmp.replace(folder / WEIGHTS)
     info = {"format": getattr(model, "checkpoint_format", FORMAT), "version": FORMAT_VERSION,
-            "config": model.config.to_dict(), "metadata": metadata or {}}
+            "config": model.config.to_dict(), "inputs": model_inputs(model).to_dict(), "metadata": metadata or {}}
     (folder / CONFIG).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 
@@ -98,7 +113,8 @@ def _check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], expe
 
 
 def load_checkpoint(model: torch.nn.Module, path: Union[str, Path]) -> None:
-    """Load our safetensors checkpoint (file or folder) strictly into ``model``."""
+    """Load our safetensors checkpoint (file or folder) strictly into ``model``, and set ``model.inputs`` to what
+    its ``config.json`` states."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -110,6 +126,7 @@ def load_checkpoint(model: torch.nn.Module, path: Union[str, Path]) -> None:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {weights} is corrupt or not a safetensors file: {exc}") from exc
     _check_and_load(model, state, _stored_state(model), weights)
+    model.inputs = read_inputs(path)
 
 
 def load_official_sam2(model: torch.nn.Module, path: Union[str, Path]) -> None:

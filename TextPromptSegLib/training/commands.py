@@ -38,18 +38,28 @@ def shared_eval_cases(root: Path, split: str, structures: list[str]):
 
 
 def cmd_evaluate(args) -> int:
-    from ..registry import load_model
+    from ..cli import UserError, quiet_loading
+    from ..engine.device import DeviceError, pick_device
+    from ..modeling.checkpoint import CheckpointError
+    from ..registry import RegistryError, load_model
     from .evaluate import evaluate_cases, write_report
 
-    model = load_model(args.model, device=args.device or "cpu")
+    if not Path(args.data).is_dir():
+        raise UserError(f"--data {args.data}: no such folder (the shared data: la2018/, sts_sarcoma/, brats2013/)")
+    try:
+        device = str(pick_device(args.device or "cpu"))
+        quiet_loading()
+        model = load_model(args.model, device=device)
+        # the TPP -> SAM-2 pipeline when a first-mask model is given: its start-slice mask prompts --model's propagation
+        first = load_model(args.first_mask_model, device=device) if args.first_mask_model else None
+    except (DeviceError, RegistryError, CheckpointError) as exc:
+        raise UserError(str(exc)) from exc
     cases = shared_eval_cases(Path(args.data), args.split, args.structure or ["left atrium", "sarcoma"])
     if args.limit:
         cases = cases[: args.limit]
     from ..engine.tpp_engine import make_propagator
 
-    # the TPP -> SAM-2 pipeline when a first-mask model is given: TPP's start-slice mask prompts --model's propagation
-    first = load_model(args.first_mask_model, device=args.device or "cpu") if args.first_mask_model else None
-    propagator = make_propagator(model, args.device or "cpu", first_mask_model=first, precision=args.precision)
+    propagator = make_propagator(model, device, first_mask_model=first, precision=args.precision)
     scores = evaluate_cases(None, cases, device=args.device, propagator=propagator)
     report = write_report(scores, Path(args.out))
     print(report.read_text(encoding="utf-8"))
@@ -169,6 +179,7 @@ def cmd_train(args) -> int:
     import torch
 
     rank, args.device = _init_distributed(args.device)
+    from ..engine.preprocess import TRAINING_INPUTS
     from ..modeling.tpp import TPP
     from .data import ClipSampler
     from .trainer import TrainConfig, Trainer
@@ -177,6 +188,7 @@ def cmd_train(args) -> int:
     spec = read_training_config(config_path)
     root = Path(spec.get("data", args.data))
     model, image_size = build_training_model(spec, config_path.parent, args.device)
+    model.inputs = TRAINING_INPUTS  # what the data below (or the cached features) is normalised with; saved
     if spec.get("features"):
         return _train_on_features(spec, config_path.parent, model, args, rank)
     volumes = _training_volumes(spec, root, config_path.parent)

@@ -1,9 +1,11 @@
 """Training data: volumes with label maps and per-label prompts, prepared once into model-resolution frames.
 
 Adapters for ../shared/data: ``la2018`` (left atrium, label 1) and ``sts_sarcoma`` (CT_image/CT_mask, label 1);
-``brats2013`` (FLAIR + contrast T1 as one three-channel input, one structure per sub-region). Frames go through
-the inference path's own preparation
-(``engine.pipeline.PreparedVolume``), so training and inference see identical inputs.
+``brats2013`` (FLAIR + contrast T1 as one three-channel input, one structure per sub-region). Images are read with
+``read_volume``, whose modality ``engine.preprocess.decide_modality`` decides exactly as at inference, and frames go
+through the inference path's own preparation (``engine.pipeline.PreparedVolume``) with the training normalisation
+(``TRAINING_INPUTS``, which ``textpromptseg train`` writes into the checkpoint), so training and inference see
+identical inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from ..engine.pipeline import PreparedVolume
-from ..engine.preprocess import FrameTransform
+from ..engine.preprocess import TRAINING_INPUTS, FrameTransform
 from ..io.volumes import read_volume
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ def frame_volume(volume, labels: np.ndarray, label_map: dict[str, tuple[int, ...
 
 def masks_frame_volume(volume, masks: dict[str, np.ndarray], case_id: str, axis: Optional[str] = None) -> FrameVolume:
     """Like ``frame_volume`` with one boolean mask (z, y, x) per structure (masks may overlap)."""
-    prepared = PreparedVolume(volume, 16, axis, min_slices=1)  # single 2D frames are fine to train on
+    prepared = PreparedVolume(volume, 16, axis, min_slices=1, inputs=TRAINING_INPUTS)  # single 2D frames are fine
     frames = np.round(prepared.frames * 255).astype(np.uint8)
     framed = {s: prepared.geometry.to_frames(np.asarray(m, bool)).copy() for s, m in masks.items()}
     return FrameVolume(case_id, frames, framed, prepared.geometry.row_spacing, prepared.geometry.col_spacing)
@@ -100,7 +102,7 @@ def la2018_volumes(root: Path, ids: list[str]) -> list[FrameVolume]:
     out = []
     for i in ids:
         folder = root / "la2018" / "train" / i
-        out.append(frame_volume(read_volume(folder / "image.nii.gz", modality="MR"),
+        out.append(frame_volume(read_volume(folder / "image.nii.gz"),
                                 read_volume(folder / "label.nii.gz").array, {"left atrium": (1,)}, f"la2018/{i}"))
     return out
 
@@ -109,7 +111,7 @@ def sarcoma_volumes(root: Path, ids: list[str]) -> list[FrameVolume]:
     out = []
     for i in ids:
         folder = root / "sts_sarcoma" / i
-        out.append(frame_volume(read_volume(folder / "CT_image.nii.gz", modality="CT"),
+        out.append(frame_volume(read_volume(folder / "CT_image.nii.gz"),
                                 read_volume(folder / "CT_mask.nii.gz").array, {"sarcoma": (1,)}, f"sts/{i}"))
     return out
 

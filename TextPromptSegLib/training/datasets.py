@@ -153,7 +153,7 @@ def totalseg_volumes(root: Path, limit: Optional[int] = None) -> list[FrameVolum
     for image, label, key in (("example_ct_sm", "example_seg", "total"), ("example_mr_sm", "example_seg_mr",
                                                                            "total_mr")):
         structures = load_prompt_spec({"labels": maps[key]})
-        volume = read_volume(base / f"{image}.nii.gz", modality="CT" if key == "total" else "MR")
+        volume = read_volume(base / f"{image}.nii.gz")
         out.append(spec_volume(volume, read_volume(base / f"{label}.nii.gz").array, structures,
                                f"totalseg_small/{image}"))
     return out[:limit]
@@ -163,7 +163,7 @@ def recist_volumes(root: Path, limit: Optional[int] = None) -> list[FrameVolume]
     """DeepLesion sub-volumes (npz: uint8 windowed ``imgs``, ``gts``, geometry): one lesion each."""
     out = []
     for path in sorted((root / "recist_ct").glob("*.npz"))[:limit]:
-        volume = read_volume(path, modality="unknown")  # already windowed to uint8: percentile scaling, no CT window
+        volume = read_volume(path)  # already windowed to uint8: decided "unknown", percentile scaling
         with np.load(path) as data:
             labels = (np.asarray(data["gts"]) > 0).astype(np.uint8)
         out.append(spec_volume(volume, labels, [StructureSpec("lesion", (1,), structure_prompts("lesion"))],
