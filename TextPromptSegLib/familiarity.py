@@ -216,12 +216,15 @@ def text_ignored(model_or_path: Any) -> bool:
         cfg = info.get("config", {})
         if not any(cfg.get(k, True) for k in ("use_text_prompt", "use_tcvp", "use_ttme")):
             return True
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         weights = path / "model.safetensors" if path.is_dir() else path
-        with safe_open(str(weights), framework="numpy") as fh:
-            keys = [k for k in fh.keys() if _is_text_output_key(k)]
-            return not any(np.any(fh.get_tensor(k) != 0) for k in keys)
+        try:
+            with safe_open(str(weights), framework="numpy") as fh:
+                keys = [k for k in fh.keys() if _is_text_output_key(k)]
+                return not any(np.any(fh.get_tensor(k) != 0) for k in keys)
+        except (OSError, ValueError, SafetensorError):  # missing or corrupt: the model loader says so
+            return False
     if getattr(model_or_path, "checkpoint_format", "textpromptseg-tgsam2") != "textpromptseg-tgsam2":
         return False  # TPP
     cfg = getattr(model_or_path, "config", None)
