@@ -330,8 +330,9 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resultLabel.text = _("Refined from slice {index}: {count} slices changed, {ml:.1f} mL.").format(
                 index=outcomes.slice_index, count=len(outcomes.changed_slices), ml=outcomes.volume_ml)
         else:
-            self.ui.resultLabel.text = "; ".join(
-                f"{o.name}: {o.slices_with_object} slices, {o.volume_ml:.1f} mL" for o in outcomes)
+            self.ui.resultLabel.text = "; ".join(  # an absent structure: the model's message (empty segment)
+                getattr(o, "message", "") or f"{o.name}: {o.slices_with_object} slices, {o.volume_ml:.1f} mL"
+                for o in outcomes)
             if outcomes:  # the Refine section follows the result (a sequence: its proxy segmentation)
                 shown = self._sequenceRun.proxy_node if self._sequenceRun is not None else p.outputSegmentation
                 self.ui.refineSegmentSelector.setCurrentNode(shown)

@@ -170,9 +170,13 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
                 names: Optional[list[str]] = None, first_mask_model: Optional[str] = None,
                 slice_range: Optional[tuple[int, int]] = None, direction: str = "both",
                 overlay_reference: Optional[np.ndarray] = None, sequence: bool = False, precision: str = "auto",
-                output_raw: Optional[str] = None):
+                output_raw: Optional[str] = None, strict: bool = False):
     """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix: every
     argument (device, output and overlay folders, window, slice range, start slice) is checked before the model loads.
+
+    Each prompt's familiarity to the model is printed first; ``strict`` refuses prompts the model does not know
+    (or any prompt, when the model's text modules are untrained) before the model is loaded. A
+    structure the model finds absent gets an empty segment and a message.
 
     overlay_reference: a (z, y, x) reference mask drawn in green on the overlay beside the segments.
     sequence: read the input as a 2D+t sequence (frames along k) even when it is a plain 3D file; frame folders,
@@ -227,8 +231,9 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     _check_slices(geometry.num_frames(volume.shape), slice_range, start_slice,
                   "frames" if volume.is_sequence else "slices")
     quiet_loading()
+    encoder = check_prompts(prompts, model_name, strict)
     try:
-        model = load_model(model_name, device=str(dev))
+        model = load_model(model_name, device=str(dev), text_encoder=encoder)
         first_mask = load_model(first_mask_model, device=str(dev)) if first_mask_model else None
     except (RegistryError, CheckpointError) as exc:
         raise UserError(str(exc)) from exc
@@ -263,6 +268,8 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         write_overlay_png(masks, colors, overlay, frames=prepared.frames, frames_of=prepared.geometry.to_frames,
                           names=labels, spacing=(prepared.geometry.row_spacing, prepared.geometry.col_spacing))
     for seg in result.segments:
+        if seg.absent:
+            print(seg.message)
         if volume.is_sequence:
             print(f"{seg.name}: the object in {seg.slices_with_object} of {len(prepared)} frames "
                   f"(start frame {seg.start_slice})")
@@ -272,11 +279,39 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     return result
 
 
+def check_prompts(prompts: list[str], model_name: Optional[str], strict: bool = False):
+    """Print each prompt's familiarity to the model (``familiarity.assess``); with ``strict``, raise UserError for
+    a prompt it does not know. Returns the text encoder it loaded (to share with the model), or None. Runs before
+    the model and the volume are loaded: it reads the checkpoint's config.json and its text encoder only."""
+    from .familiarity import UNKNOWN, assess, familiarity_checker, text_ignored
+    from .modeling.checkpoint import CheckpointError
+    from .modeling.text_encoder import TextEncoderError
+    from .registry import RegistryError, resolve
+
+    try:
+        _, local, _ = resolve(model_name)
+        checker = None if text_ignored(local) else familiarity_checker(local)
+        verdicts = assess(local, prompts, checker)
+    except (RegistryError, CheckpointError, TextEncoderError, OSError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    for verdict in verdicts:
+        print(f"{verdict.prompt!r}: {verdict.describe()}")
+    refused = [v for v in verdicts if v.needs_visual_prompt]
+    if strict and refused:
+        v = refused[0]
+        what = ("this model ignores text (its text modules are untrained)" if v.level != UNKNOWN else
+                f"this model does not know it (nearest trained structure: {v.structure}, similarity "
+                f"{v.similarity:.2f})")
+        raise UserError(f"--strict: refusing {v.prompt!r}: {what}; see 'textpromptseg models list' for what it "
+                        "was trained on")
+    return checker.encoder if checker is not None else None
+
+
 def cmd_segment(args) -> int:
     run_segment(Path(args.input), args.prompt, Path(args.output), args.model, args.device, args.axis,
                 args.start_slice, _window(args.window), Path(args.overlay) if args.overlay else None, args.name,
                 args.first_mask_model, _slice_range(args.slice_range), args.direction, sequence=args.sequence,
-                output_raw=args.output, precision=args.precision)
+                output_raw=args.output, precision=args.precision, strict=args.strict)
     print(f"wrote {args.output}")
     return 0
 
@@ -323,6 +358,7 @@ def cmd_models(args) -> int:
             mark = "*" if name == default else " "
             where = "bundled" if entry.bundled else f"download ({', '.join(f['name'] for f in entry.files)})"
             print(f"{mark} {name:26s} {entry.kind:14s} {where}\n    {entry.description}\n    licence: {entry.licence}")
+            print(f"    trained on: {_trained_on(name, entry.kind)}")
         return 0
     if not args.name:
         raise UserError(f"models {args.action} needs a model name (see: textpromptseg models list)")
@@ -339,6 +375,26 @@ def cmd_models(args) -> int:
     for p in paths:
         print(f"ok {p} (SHA-256 matches)")
     return 0
+
+
+def _trained_on(name: str, kind: str) -> str:
+    """What a registered model's checkpoint records it was trained on, in one line."""
+    from . import registry
+    from .familiarity import record_of, text_ignored
+
+    if kind == "sam2-official":
+        return "nothing with text (SAM-2 weights; the text modules are untrained): text is ignored, visual prompts " \
+               "(box, points) are needed"
+    folder = registry.checkpoint_folder(name)
+    if folder is None:
+        return "not recorded until downloaded"
+    record = record_of(folder)
+    if text_ignored(folder):
+        return "text modules untrained: text is ignored, visual prompts (box, points) are needed"
+    if record is None:
+        return "not recorded in its config.json"
+    prompts = sum(len(s.prompts) for s in record.structures)
+    return f"{record.summary()}; {prompts} training prompts"
 
 
 def cmd_info(args) -> int:
@@ -397,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlay", help="also write a PNG with the outline on a few slices")
     seg.add_argument("--first-mask-model", help="a TPP model whose start-slice mask prompts the --model's "
                      "propagation (the TPP -> SAM-2 pipeline)")
+    seg.add_argument("--strict", action="store_true", help="refuse prompts the model does not know (exit status "
+                     "2) instead of segmenting them anyway; prompts are always checked and the verdict printed")
     seg.set_defaults(func=cmd_segment)
 
     demo = sub.add_parser("demo", help="segment the bundled sarcoma CT with the bundled model")

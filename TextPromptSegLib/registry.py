@@ -222,18 +222,30 @@ def resolve(name_or_path: Optional[str], download_missing: bool = False,
 
 
 def load_model(name_or_path: Optional[str] = None, device: str = "cpu", download_missing: bool = False,
-               progress: Optional[Callable[[int, Optional[int]], None]] = None):
+               progress: Optional[Callable[[int, Optional[int]], None]] = None, text_encoder=None):
     """Build the registered (or given) model, ready for inference; ``download_missing`` fetches registered files
-    (checksummed, ``progress(bytes done, total or None)``)."""
+    (checksummed, ``progress(bytes done, total or None)``); ``text_encoder``: an already loaded encoder of the
+    kind the checkpoint names, to share."""
     from .modeling.build import build_model
 
     kind, local, preset = resolve(name_or_path, download_missing, progress)
     if kind == "tpp":
         from .modeling.tpp import build_tpp
 
-        return build_tpp(local, device=device)
+        return build_tpp(local, device=device, text_encoder=text_encoder)
     if kind == "sam2-official":
-        return build_model(preset or "hiera_s", checkpoint=local, device=device)
+        return build_model(preset or "hiera_s", checkpoint=local, device=device, text_encoder=text_encoder)
     if kind != "tgsam2":
         raise RegistryError(f"model kind {kind!r} is not supported for segmentation yet")
-    return build_model(local, device=device)
+    return build_model(local, device=device, text_encoder=text_encoder)
+
+
+def checkpoint_folder(name: str, path: Optional[Path] = None) -> Optional[Path]:
+    """The local checkpoint (folder, or official .pt) of a registered model when it is on disk, else None."""
+    entry = entries(path).get(name)
+    if entry is None:
+        return None
+    if entry.bundled:
+        return resource_path(entry.bundled)
+    targets = [cache_dir() / name / spec["name"] for spec in entry.files]
+    return targets[0] if targets and targets[0].is_file() else None

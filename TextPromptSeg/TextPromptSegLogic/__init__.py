@@ -154,6 +154,8 @@ class SegmentOutcome:
     slices_with_object: int
     volume_ml: float
     matched: str
+    absent: bool = False  # the model found the structure absent: the segment is empty and ``message`` says why
+    message: str = ""
 
 
 @dataclass
@@ -449,7 +451,7 @@ class TextPromptSegLogic:
             slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
                 image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
             outcomes.append(SegmentOutcome(seg.prompt, segment_id, seg.name, seg.slices_with_object, seg.volume_ml,
-                                           describe(match)))
+                                           describe(match), seg.absent, seg.message))
         states = {sid: self._states.get((segmentation_node.GetID(), sid)) for sid in saved}
         self.undo_stack.append(_UndoEntry(segmentation_node, saved, states))
         if job is not None and "key" in job.info:
@@ -485,8 +487,9 @@ class TextPromptSegLogic:
 
     @staticmethod
     def describe_prompts(text: str, model: Optional[str] = None) -> list[str]:
-        """The panel's echo, one line per prompt line: the structure it was understood as and, for a TPP model,
-        the 1 to 3 prompts TPP reads (``;`` separates a line's profile / shape / colour prompts)."""
+        """The panel's echo, one entry per prompt line: the structure it was understood as and, for a TPP model,
+        the 1 to 3 prompts TPP reads (``;`` separates a line's profile / shape / colour prompts); below it, once torch
+        is installed, how familiar the model is with it (:func:`prompt_familiarity`)."""
         from TextPromptSegLib.prompts import describe_line
         from TextPromptSegLib.registry import RegistryError, model_kind
 
@@ -495,7 +498,9 @@ class TextPromptSegLogic:
         except (RegistryError, OSError, ValueError, KeyError):
             tpp = False
         lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return [f"{line}  \u2192  {describe_line(line, tpp)}" for line in lines]
+        verdicts = prompt_familiarity(lines, model)
+        return [f"{line}  \u2192  {describe_line(line, tpp)}" + (f"\n      {v.describe()}" if v is not None else "")
+                for line, v in zip(lines, verdicts)]
 
     @staticmethod
     def slicing_axis(volume_node, axis: Optional[str] = None) -> int:
@@ -947,3 +952,30 @@ def _library_entry(prompt: str):
     from TextPromptSegLib.prompts import match_prompt
 
     return match_prompt(_structure_text(prompt)).entry
+
+
+_CHECKERS: dict[str, Any] = {}  # checkpoint path -> FamiliarityChecker (its text encoder loads once)
+
+
+def prompt_familiarity(prompts: Sequence[str], model: Optional[str] = None) -> list[Any]:
+    """``familiarity.Familiarity`` of each prompt for the registered model name or checkpoint path (default: the
+    registry's default), or None for each when it cannot be told without installing anything (torch or the text
+    encoder missing, model not on disk). The text encoder is loaded once per checkpoint."""
+    import importlib.util
+
+    from TextPromptSegLib.familiarity import assess, familiarity_checker, text_ignored
+    from TextPromptSegLib.registry import RegistryError, resolve
+
+    try:
+        _, local, _ = resolve(model or None)
+        if text_ignored(local):
+            return assess(local, prompts)
+        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+            return [None] * len(prompts)
+        key = str(local)
+        if key not in _CHECKERS:
+            _CHECKERS[key] = familiarity_checker(local)
+        return assess(local, prompts, _CHECKERS[key])
+    except (RegistryError, OSError, ValueError, RuntimeError) as exc:
+        log.debug("familiarity not available: %s", exc)
+        return [None] * len(prompts)

@@ -84,6 +84,8 @@ class SegmentResult:
     volume_ml: float
     start_slice: int
     propagation: Any = None  # the engine's PropagationResult (for refinement)
+    absent: bool = False  # the presence rule judged the structure absent: ``mask`` is empty, ``message`` says why
+    message: str = ""
 
     @property
     def slices_with_object(self) -> int:
@@ -168,7 +170,8 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
                    window: Window = None, encode_batch_size: Optional[int] = None, max_empty_run: Optional[int] = None,
                    direction: str = "both", slice_range: Optional[tuple[int, int]] = None, estimate: bool = False,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                   session=None, prepared: Optional[PreparedVolume] = None) -> VolumeSegmentation:
+                   session=None, prepared: Optional[PreparedVolume] = None,
+                   presence: Any = "checkpoint") -> VolumeSegmentation:
     """Segment ``volume`` once per request. Give a built ``model`` or a ``propagator``.
 
     start_slice: index along the slicing axis (the voxel index on that axis); None picks it per prompt from a
@@ -176,7 +179,11 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
     not reached stay empty. slice_range: (first, last) slice indices, inclusive, along the slicing axis; slices
     outside stay empty (default: the whole volume). estimate: first measure how long the run will take
     (``Session.estimate_seconds``) and report it as a ``ProgressEvent`` of phase "estimate" whose ``eta_seconds`` is
-    the estimate (the CLI and the Slicer panel show it before a CPU run). Raises ValueError for empty prompts,
+    the estimate (the CLI and the Slicer panel show it before a CPU run). presence: a
+    ``familiarity.PresenceRule``; a text-only request whose slice scores it judges absent gets an empty mask,
+    ``absent=True`` and a ``message`` (its scores are kept); "checkpoint" (default) takes the model's calibrated
+    rule, None never judges. Requests with visual prompts, and runs from a given ``start_slice``, are never
+    emptied. Raises ValueError for empty prompts,
     IndexError for a start slice or range outside the volume, ``Cancelled`` when cancelled (nothing is returned).
     """
     from .tpp_engine import make_propagator
@@ -209,6 +216,10 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
             progress(ProgressEvent("estimate", 0, frames, -1, seconds,
                                    f"estimated {seconds:.0f} s for {len(requests)} prompt(s) over {frames} slices "
                                    f"on {where} (measured on this machine)"))
+    if presence == "checkpoint":
+        from ..familiarity import PresenceRule
+
+        presence = PresenceRule.for_model(propagator.model)
     transform = prepared.transform
     results = []
     for i, request in enumerate(requests):
@@ -227,10 +238,18 @@ def segment_volume(volume: Volume, requests: Sequence[SegmentRequest], model=Non
                                                 range(len(prepared)))
         for n, m in request.mask_prompts.items():  # a drawn mask is kept exactly as drawn
             frame_masks[n] = np.asarray(m, bool)
+        name = request.name or request.prompt.strip() or "visual prompt"
+        # a box, points, a mask or a chosen start slice say where the structure is: never judged absent
+        told = bool(request.mask_prompts or request.point_prompts or request.box_prompts) or start_slice is not None
+        absent = presence is not None and not told and presence.absent(result.scores)
+        if absent:
+            frame_masks[:] = False
+            log.info(presence.message(name, result.scores))
         results.append(prepared.segment_result(
-            frame_masks, result, name=request.name or request.prompt.strip() or "visual prompt",
-            prompt=request.prompt.strip(),
+            frame_masks, result, name=name, prompt=request.prompt.strip(),
             color=tuple(request.color or PALETTE[i % len(PALETTE)]), start_slice=result.start_index))
+        if absent:
+            results[-1].absent, results[-1].message = True, presence.message(name, result.scores)
     return VolumeSegmentation(volume=volume, geometry=prepared.geometry, segments=results)
 
 

@@ -75,9 +75,13 @@ def _stored_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: torch.nn.Module, folder: Union[str, Path], half: bool = False,
-                    metadata: Optional[dict] = None) -> Path:
+                    metadata: Optional[dict] = None, training: Optional[dict] = None,
+                    calibration: Optional[dict] = None) -> Path:
     """Write ``folder/model.safetensors`` and ``folder/config.json``; ``half`` stores float tensors as fp16. The
-    config's ``format`` is the model's ``checkpoint_format`` (TPP) or the TGSAM-2 format."""
+    config's ``format`` is the model's ``checkpoint_format`` (TPP) or the TGSAM-2 format. ``training`` (what the
+    model was trained on: ``familiarity.TrainingRecord.to_dict()``) and ``calibration`` (familiarity and presence
+    thresholds) default to the ones the model was loaded with (``model.checkpoint_info``), so that re-saving a
+    loaded checkpoint keeps them."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -91,6 +95,11 @@ def save_checkpoint(model: torch.nn.Module, folder: Union[str, Path], half: bool
     tmp.replace(folder / WEIGHTS)
     info = {"format": getattr(model, "checkpoint_format", FORMAT), "version": FORMAT_VERSION,
             "config": model.config.to_dict(), "inputs": model_inputs(model).to_dict(), "metadata": metadata or {}}
+    loaded = getattr(model, "checkpoint_info", None) or {}
+    for key, value in (("training", training), ("calibration", calibration)):
+        value = value if value is not None else loaded.get(key)
+        if value:
+            info[key] = value
     (folder / CONFIG).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 
@@ -127,6 +136,15 @@ def load_checkpoint(model: torch.nn.Module, path: Union[str, Path]) -> None:
         raise CheckpointError(f"checkpoint {weights} is corrupt or not a safetensors file: {exc}") from exc
     _check_and_load(model, state, _stored_state(model), weights)
     model.inputs = read_inputs(path)
+    remember_checkpoint_info(model, weights)
+
+
+def remember_checkpoint_info(model: torch.nn.Module, weights: Path) -> None:
+    """Keep the loaded checkpoint's config.json (training record, calibration) on the model as
+    ``model.checkpoint_info`` (read by ``familiarity`` and by ``segment_volume``'s presence rule)."""
+    from ..familiarity import read_checkpoint_info
+
+    model.checkpoint_info = read_checkpoint_info(weights)
 
 
 def load_official_sam2(model: torch.nn.Module, path: Union[str, Path]) -> None:

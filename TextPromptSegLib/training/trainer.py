@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from ..familiarity import TrainingRecord, record_of, training_record
 from ..modeling.checkpoint import load_checkpoint, save_checkpoint
 from .data import ClipSampler
 from .losses import sequence_loss
@@ -125,8 +126,11 @@ class Trainer:
     ``clip_objective(model)``)."""
 
     def __init__(self, model, sampler: ClipSampler, config: TrainConfig, out_dir: Path,
-                 objective: Optional[torch.nn.Module] = None) -> None:
+                 objective: Optional[torch.nn.Module] = None, record: Optional[TrainingRecord] = None) -> None:
         self.model, self.sampler, self.config, self.out_dir = model, sampler, config, Path(out_dir)
+        # what the checkpoints record they were trained on: the sampler's structures, prompts and datasets, with
+        # what the initial weights had been trained on (``record_of(model)``: loaded with them)
+        self.record = record or training_record(sampler.cases).merged(record_of(model))
         self.params = trainable_parameters(model, config.trainable)
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.decay_every, gamma=0.5)
@@ -150,7 +154,8 @@ class Trainer:
             samplers = [None] * self.world
             dist.all_gather_object(samplers, self.sampler.state())
         if self.rank == 0:
-            save_checkpoint(self.model, folder, metadata={"step": self.step})
+            save_checkpoint(self.model, folder, metadata={"step": self.step}, training=self.record.to_dict(),
+                            calibration={})  # the initial weights' thresholds do not hold for the new ones
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "step": self.step, "sampler": samplers[0], "samplers": samplers,
                         "torch_rng": torch.get_rng_state()}, folder / "trainer_state.pt")
