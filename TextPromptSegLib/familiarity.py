@@ -129,7 +129,8 @@ class TrainingRecord:
 
 # training datasets -> the modality their images are, by the case-id prefix of ``FrameVolume.case_id``
 DATASET_MODALITIES = {"la2018": "MR (LGE)", "sts": "CT", "brats2013": "MR (FLAIR + T1c)", "totalseg": "CT",
-                      "corrections": "as corrected in Slicer"}
+                      "totalseg_small": "CT and MR", "recist_ct": "CT", "kvasir": "endoscopy (RGB)",
+                      "ct_organs_2d": "CT", "corrections": "as corrected in Slicer"}
 
 
 def training_record(cases: Iterable[Any]) -> TrainingRecord:
