@@ -357,6 +357,12 @@ def cmd_models(args) -> int:
         for name, entry in registry.entries().items():
             mark = "*" if name == default else " "
             where = "bundled" if entry.bundled else f"download ({', '.join(f['name'] for f in entry.files)})"
+            folder = registry.checkpoint_folder(name)
+            if folder is not None and folder.exists():
+                files = [folder] if folder.is_file() else [f for f in folder.iterdir() if f.is_file()]
+                where += f", {sum(f.stat().st_size for f in files) / 1e6:.1f} MB"
+            if entry.cpu_seconds_per_slice is not None:
+                where += f", {entry.cpu_seconds_per_slice:.2f} s per slice on a 2-core CPU"
             print(f"{mark} {name:26s} {entry.kind:14s} {where}\n    {entry.description}\n    licence: {entry.licence}")
             print(f"    trained on: {_trained_on(name, entry.kind)}")
         return 0

@@ -35,6 +35,7 @@ class ModelEntry:
     config: Optional[str]
     bundled: Optional[str]
     files: list[dict[str, Any]]
+    cpu_seconds_per_slice: Optional[float] = None  # measured on the project's 2-core CPU (docs/MODEL_CARD.md)
 
 
 def load_registry(path: Optional[Path] = None) -> dict[str, Any]:
@@ -44,11 +45,19 @@ def load_registry(path: Optional[Path] = None) -> dict[str, Any]:
 def entries(path: Optional[Path] = None) -> dict[str, ModelEntry]:
     data = load_registry(path)
     return {name: ModelEntry(name, e["kind"], e.get("description", ""), e.get("licence", ""), e.get("config"),
-                             e.get("bundled"), e.get("files", [])) for name, e in data["models"].items()}
+                             e.get("bundled"), e.get("files", []), e.get("cpu_seconds_per_slice"))
+            for name, e in data["models"].items()}
 
 
-def default_model_name(path: Optional[Path] = None) -> str:
-    return load_registry(path)["default"]
+def default_model_name(path: Optional[Path] = None, device: Optional[str] = None) -> str:
+    """The registry's default model for a device type ("cpu", "cuda", "mps"; None: the CPU's). ``default`` is a
+    name, or {device type: name} with ``"*"`` for any other device: chosen per device by measured speed and quality
+    (docs/MODEL_CARD.md)."""
+    default = load_registry(path)["default"]
+    if isinstance(default, str):
+        return default
+    kind = str(device or "cpu").split(":")[0]
+    return default.get(kind) or default["*"]
 
 
 def cache_dir() -> Path:
@@ -228,7 +237,7 @@ def load_model(name_or_path: Optional[str] = None, device: str = "cpu", download
     kind the checkpoint names, to share."""
     from .modeling.build import build_model
 
-    kind, local, preset = resolve(name_or_path, download_missing, progress)
+    kind, local, preset = resolve(name_or_path or default_model_name(device=device), download_missing, progress)
     if kind == "tpp":
         from .modeling.tpp import build_tpp
 
