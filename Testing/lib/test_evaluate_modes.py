@@ -83,6 +83,18 @@ def test_the_prompts_come_from_the_middle_labelled_slice_in_frame_coordinates():
         assert geometry.voxel_to_frame((W - 1 - col, row, 4), SHAPE) == (4.0, row, col)
 
 
+def test_even_slice_counts_and_labels_at_the_frame_edge():
+    # labelled slices 1, 2, 5, 6: the lower middle one is 2; a 9 x 9 square in the frame's corner: its centre
+    # (4, 4) is the deepest point because the frame's edge counts as its border
+    frames = np.zeros((8, 20, 40), bool)
+    frames[[1, 5, 6], 10:12, 10:12] = True
+    frames[2, 0:9, 0:9] = True
+    prompts = label_prompts(frames)
+    assert prompts.slice_index == 2 and prompts.box == (0, 0, 8, 8) and prompts.positive == (4, 4)
+    # the grown box (2 more rows and columns) holds background: the far corner (10, 10) of it
+    assert prompts.negative == (10, 10)
+
+
 def test_modes_parse_from_repeated_and_comma_lists():
     assert parse_modes(None) == ["text"]
     assert parse_modes(["box, clicks", "text", "box"]) == ["box", "clicks", "text"]
