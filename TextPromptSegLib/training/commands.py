@@ -11,8 +11,40 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+SHARED_EVAL_STRUCTURES = ("left atrium", "sarcoma", "necrosis", "edema", "enhancing tumour", "whole tumour",
+                          "liver", "spleen", "right kidney", "left kidney", "aorta", "stomach", "lesion")
+TOTALSEG_CT_ORGANS = {"liver": 5, "spleen": 1, "right kidney": 2, "left kidney": 3, "aorta": 52, "stomach": 6}
+
+
+def _npz_gts(path: Path):
+    import numpy as np
+
+    with np.load(path) as data:
+        return (np.asarray(data["gts"]) > 0).astype(np.uint8)
+
+
+def _ids(root: Path, dataset: str, split: str, all_ids: list[str]) -> list[str]:
+    """The ``split`` of a shared dataset when ``default_splits`` defines one; otherwise every case (logged: such a
+    dataset may also be in the training data)."""
+    from .data import default_splits
+
+    splits = default_splits(root).get(dataset)
+    if splits is not None and split in splits:
+        return [i for i in splits[split] if i in all_ids]
+    log.warning("%s has no %s split: evaluating all its %d case(s), which training may also use", dataset, split,
+                len(all_ids))
+    return all_ids
+
+
 def shared_eval_cases(root: Path, split: str, structures: list[str]):
+    """Evaluation cases of ../shared/data: LA2018, sarcoma and BraTS by their fixed split; the TotalSegmentator CT
+    organs (liver, spleen, kidneys, aorta, stomach; labels made by a model) and the RECIST lesions by their split
+    when ``default_splits`` has one, else all of their cases."""
+    from functools import partial
+
+    from ..io.volumes import read_volume
     from .data import BRATS_LABELS, PROMPTS, brats_volume, default_splits
+    from .datasets import structure_prompts
     from .evaluate import EvalCase
 
     splits = default_splits(root)
@@ -34,18 +66,50 @@ def shared_eval_cases(root: Path, split: str, structures: list[str]):
                 cases.append(EvalCase(f"brats2013/{case_id}", structure, folder, folder / "label.nii.gz",
                                       BRATS_LABELS[structure], PROMPTS[structure][0], reader=brats_volume,
                                       others=BRATS_LABELS))
+    organs = [s for s in structures if s in TOTALSEG_CT_ORGANS]
+    if organs:
+        base = root / "totalseg_small"
+        for case_id in _ids(root, "totalseg_small", split, ["example_ct_sm"]):
+            for organ in organs:  # one image: its organs share one engine session
+                cases.append(EvalCase(f"totalseg_small/{case_id}", organ, base / f"{case_id}.nii.gz",
+                                      base / "example_seg.nii.gz", (TOTALSEG_CT_ORGANS[organ],),
+                                      structure_prompts(organ)[0], reader=partial(read_volume, modality="CT")))
+    if "lesion" in structures:
+        files = {p.stem: p for p in sorted((root / "recist_ct").glob("*.npz"))}
+        for case_id in _ids(root, "recist_ct", split, list(files)):
+            # uint8 already windowed: percentile scaling as in training (datasets.recist_volumes), no CT window
+            cases.append(EvalCase(f"recist_ct/{case_id}", "lesion", files[case_id], files[case_id], (1,),
+                                  structure_prompts("lesion")[0], reader=partial(read_volume, modality="unknown"),
+                                  label_reader=_npz_gts))
     return cases
 
 
 def cmd_evaluate(args) -> int:
     from ..cli import UserError, quiet_loading
     from ..engine.device import DeviceError, pick_device
+    from ..engine.tpp_engine import make_propagator
     from ..modeling.checkpoint import CheckpointError
     from ..registry import RegistryError, load_model
-    from .evaluate import evaluate_cases, write_report
+    from .evaluate import evaluate_cases, folder_cases, parse_modes, write_report
 
-    if not Path(args.data).is_dir():
-        raise UserError(f"--data {args.data}: no such folder (the shared data: la2018/, sts_sarcoma/, brats2013/)")
+    try:
+        modes = parse_modes(args.mode)
+        if args.folder:
+            cases = folder_cases(Path(args.folder), args.spec, args.structures)
+        else:
+            if args.spec:
+                raise ValueError("--spec goes with --folder (the shared data has its own prompts)")
+            if not Path(args.data).is_dir():
+                raise ValueError(f"--data {args.data}: no such folder (the shared data: la2018/, sts_sarcoma/, "
+                                 "brats2013/)")
+            unknown = sorted(set(args.structures or []) - set(SHARED_EVAL_STRUCTURES))
+            if unknown:
+                raise ValueError(f"unknown --structure {unknown} for the shared data; use {SHARED_EVAL_STRUCTURES}")
+            cases = shared_eval_cases(Path(args.data), args.split, args.structures or ["left atrium", "sarcoma"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if args.limit:
+        cases = cases[: args.limit]
     try:
         device = str(pick_device(args.device or "cpu"))
         quiet_loading()
@@ -54,13 +118,8 @@ def cmd_evaluate(args) -> int:
         first = load_model(args.first_mask_model, device=device) if args.first_mask_model else None
     except (DeviceError, RegistryError, CheckpointError) as exc:
         raise UserError(str(exc)) from exc
-    cases = shared_eval_cases(Path(args.data), args.split, args.structure or ["left atrium", "sarcoma"])
-    if args.limit:
-        cases = cases[: args.limit]
-    from ..engine.tpp_engine import make_propagator
-
     propagator = make_propagator(model, device, first_mask_model=first, precision=args.precision)
-    scores = evaluate_cases(None, cases, device=args.device, propagator=propagator)
+    scores = evaluate_cases(None, cases, modes=modes, propagator=propagator)
     report = write_report(scores, Path(args.out))
     print(report.read_text(encoding="utf-8"))
     return 0
@@ -334,19 +393,45 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     co.add_argument("--margin", type=int, help="keep only slices within this many of a segment")
     co.set_defaults(func=cmd_corrections)
 
-    ev = sub.add_parser("evaluate", help="Dice / IoU / HD95 per case and a per-structure table")
+    ev = sub.add_parser(
+        "evaluate", help="Dice / IoU / HD95 per case and a per-structure table per prompt mode",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Segment labelled volumes and score them against their labels: one Table-1 style table per "
+        "prompt mode, and per-case rows (OUT/results.md, OUT/results.json, also printed).",
+        epilog="""data:
+  the shared data (default): --data ../shared/data --split val [--structure NAME ...]
+      left atrium, sarcoma, BraTS sub-regions by their fixed split; TotalSegmentator CT organs (liver, spleen,
+      right kidney, left kidney, aorta, stomach) and RECIST lesions (lesion): all their cases (no split yet)
+  a folder: --folder DIR [--spec SPEC.json]
+      DIR/imagesTr + DIR/labelsTr (nnU-Net v2 CASE_0000 images, or MSD / plain CASE images), or
+      CASE_image.nii.gz + CASE_label.nii.gz (also _img; _mask, _seg), or CASE/image.nii.gz + CASE/label.nii.gz;
+      NIfTI, NRRD, MHA. SPEC: {"1": "the liver", "2": "the spleen"} (label value -> prompt), or the training
+      format {"labels": {"1": {"structure": "liver", "prompts": [...]}}} (first prompt); optional when DIR has
+      an nnU-Net/MSD dataset.json (its label names, with the prompt library's prompts)
+
+modes (--mode, repeatable or a comma list; default text):
+  text         the text prompt alone; the start slice is the model's most confident one
+  box          the label's bounding box on its middle labelled slice (the start slice), no text
+  box+text     that box and the text
+  clicks       a positive click at the label's point farthest from its border and a negative click at the
+               background point farthest from it within its box grown by 1/4 on each side, on that slice; no text
+  clicks+text  those clicks and the text""")
     ev.add_argument("--model", help="registered model name or checkpoint folder")
     ev.add_argument("--data", default="../shared/data", help="the shared data folder")
-    ev.add_argument("--split", default="val", choices=("train", "val"))
-    ev.add_argument("--structure", action="append", default=None,
-                    choices=("left atrium", "sarcoma", "necrosis", "edema", "enhancing tumour", "whole tumour"))
-    ev.add_argument("--limit", type=int, help="evaluate at most this many cases")
+    ev.add_argument("--split", default="val", choices=("train", "val"), help="shared data split (default: val)")
+    ev.add_argument("--folder", help="a folder of image/label pairs or an nnU-Net/MSD dataset (instead of --data)")
+    ev.add_argument("--spec", help="JSON/YAML prompt spec for --folder: label value -> prompt")
+    ev.add_argument("--structure", dest="structures", action="append", default=None, metavar="NAME",
+                    help="evaluate only this structure (repeatable; shared data default: left atrium, sarcoma)")
+    ev.add_argument("--mode", action="append", metavar="MODE",
+                    help="text, box, box+text, clicks, clicks+text (repeatable or comma list; default text)")
+    ev.add_argument("--limit", type=int, help="evaluate at most this many cases (case-structure pairs)")
     ev.add_argument("--first-mask-model", help="a TPP whose start-slice mask prompts --model (TPP -> SAM-2)")
     ev.add_argument("--out", default="evaluation")
     ev.add_argument("--device")
     ev.add_argument("--precision", choices=PRECISIONS, default="auto",
                     help="auto: bf16 on CUDA, float32 elsewhere")
-    ev.set_defaults(func=cmd_evaluate, structure=None)
+    ev.set_defaults(func=cmd_evaluate)
 
     pk = sub.add_parser("pack", help="pack training volumes of the shared data into one compact .npz")
     pk.add_argument("--data", default="../shared/data")
