@@ -178,7 +178,7 @@ def cmd_train(args) -> int:
     import torch
 
     rank, args.device = _init_distributed(args.device)
-    from ..engine.preprocess import TRAINING_INPUTS
+    from ..engine.preprocess import BRATS_CHANNELS, TRAINING_INPUTS, InputSpec
     from ..modeling.tpp import TPP
     from .data import ClipSampler
     from .trainer import TrainConfig, Trainer
@@ -187,8 +187,10 @@ def cmd_train(args) -> int:
     spec = read_training_config(config_path)
     root = Path(spec.get("data", args.data))
     model, image_size = build_training_model(spec, config_path.parent, args.device)
-    model.inputs = TRAINING_INPUTS  # what the data below is normalised with; saved in every checkpoint
     volumes = _training_volumes(spec, root, config_path.parent)
+    # what the data is normalised with, and the BraTS composite when BraTS is among it; saved in every checkpoint
+    brats = any(v.case_id.startswith("brats2013/") for v in volumes)
+    model.inputs = InputSpec(TRAINING_INPUTS.intensity, (BRATS_CHANNELS,) if brats else ())
     device = next(model.parameters()).device
     cases = [c for v in volumes for c in v.to_cases(image_size)]
     if device.type == "cuda":  # clips are cut on the GPU
