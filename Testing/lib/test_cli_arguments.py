@@ -238,3 +238,24 @@ def test_channels_make_the_composite_the_model_reads(brats_small, tmp_path, capl
                      str(tmp_path / "single.nii.gz"), "--start-slice", "3"]) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned and "FLAIR + T1c composite" in warned[0] and "--channel T1c" in warned[0]
+
+
+def test_models_download_shows_bytes_and_verifies(tmp_path, monkeypatch, capfd):
+    """`models download` draws a byte bar (not a 'slice' bar) and reports the verified file."""
+    import hashlib
+    import json
+
+    payload = tmp_path / "weights.pt"
+    payload.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    entry = {"kind": "sam2-official", "config": "tiny",
+             "files": [{"name": "w.pt", "url": payload.as_uri(), "sha256": digest}]}
+    (resources / "models.json").write_text(json.dumps({"format": 1, "default": "good", "models": {"good": entry}}))
+    monkeypatch.setenv("TEXTPROMPTSEG_RESOURCES", str(resources))
+    monkeypatch.setenv("TEXTPROMPTSEG_CACHE", str(tmp_path / "cache"))
+    assert main(["models", "download", "good"]) == 0
+    captured = capfd.readouterr()
+    assert "slice" not in captured.err and "1.00M/1.00M" in captured.err and "download" in captured.err
+    assert f"ok {tmp_path / 'cache' / 'good' / 'w.pt'} (SHA-256 matches)" in captured.out
