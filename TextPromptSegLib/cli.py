@@ -152,6 +152,16 @@ def _download_bar():
     return close, progress
 
 
+def _model_inputs(model_name: Optional[str]):
+    """What a registered or given model reads (its checkpoint's ``"inputs"``), without building it."""
+    from .engine.preprocess import InputSpec
+    from .modeling.checkpoint import read_inputs
+    from .registry import resolve
+
+    _, local, _ = resolve(model_name)
+    return read_inputs(local) if Path(local).is_dir() else InputSpec()
+
+
 def quiet_loading() -> None:
     """No "Loading weights" bar from transformers for the text encoder's tensors: the CLI's bars show the model's
     work. Called just before a model is loaded (importing transformers earlier would slow every argument error)."""
@@ -170,7 +180,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
                 names: Optional[list[str]] = None, first_mask_model: Optional[str] = None,
                 slice_range: Optional[tuple[int, int]] = None, direction: str = "both",
                 overlay_reference: Optional[np.ndarray] = None, sequence: bool = False, precision: str = "auto",
-                output_raw: Optional[str] = None, strict: bool = False):
+                output_raw: Optional[str] = None, strict: bool = False, channels: Optional[list[Path]] = None):
     """Segment one file; returns the VolumeSegmentation. Raises UserError for anything the user can fix: every
     argument (device, output and overlay folders, window, slice range, start slice) is checked before the model loads.
 
@@ -182,11 +192,13 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     sequence: read the input as a 2D+t sequence (frames along k) even when it is a plain 3D file; frame folders,
     ``.seq.nrrd``, multi-page TIFF and ``.npy`` inputs are sequences anyway. Sequences can also be written as a
     ``.seq.nrrd`` label sequence or as one PNG mask per frame (``-o FOLDER/``).
+    channels: further co-registered sequences after ``input_path`` (e.g. FLAIR, then contrast T1), read together as
+    the composite the model's checkpoint states (``"inputs"``/``"channels"``), built as training builds it.
     """
     from .engine.device import DeviceError, pick_device
     from .engine.geometry import SliceGeometry
     from .engine.pipeline import PreparedVolume, SegmentRequest, segment_volume
-    from .io.volumes import InputError, read_sequence, read_volume
+    from .io.volumes import InputError, read_channels, read_sequence, read_volume
     from .io.writers import (
         SegmentSpec,
         write_frame_masks,
@@ -213,10 +225,30 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         _check_output_folder(overlay, "--overlay")
     if start_slice is not None and start_slice < 0:
         raise UserError(f"--start-slice {start_slice}: slice indices start at 0")
+    if channels and sequence:
+        raise UserError("--channel combines co-registered volumes; it does not apply to a 2D+t --sequence")
     try:
         dev = pick_device(device)
-        volume = read_sequence(input_path) if sequence else read_volume(input_path)
-    except (InputError, DeviceError) as exc:
+        inputs = _model_inputs(model_name)
+        if channels:
+            wanted = inputs.channel_set(1 + len(channels))
+            if wanted is None:
+                stated = "; ".join(" + ".join(c.sequences) for c in inputs.channels) or "one image"
+                raise UserError(f"the model reads {stated}, not {1 + len(channels)} sequences: leave --channel out "
+                                "or pick a model trained on these sequences")
+            log.info("reading %s as the model's %s composite", " + ".join(p.name for p in [input_path, *channels]),
+                     " + ".join(wanted.sequences))
+            volume = read_channels([input_path, *channels])
+        else:
+            volume = read_sequence(input_path) if sequence else read_volume(input_path)
+            for channel_set in inputs.channels:
+                covered = [p for p in prompts if channel_set.covers(p)]
+                if covered and not volume.is_rgb:
+                    log.warning("the model read %r from a %s composite in training: for comparable results pass the "
+                                "sequences in that order, e.g. INPUT=%s --channel %s", covered[0],
+                                " + ".join(channel_set.sequences), channel_set.sequences[0],
+                                " --channel ".join(channel_set.sequences[1:]))
+    except (InputError, DeviceError, RegistryError, CheckpointError) as exc:
         raise UserError(str(exc)) from exc
     if (folder_output or suffixes == ".seq.nrrd") and not volume.is_sequence:
         raise UserError(f"{output} is a sequence output (per-frame masks): the input is a volume; write .seg.nrrd "
@@ -308,10 +340,14 @@ def check_prompts(prompts: list[str], model_name: Optional[str], strict: bool = 
 
 
 def cmd_segment(args) -> int:
-    run_segment(Path(args.input), args.prompt, Path(args.output), args.model, args.device, args.axis,
+    paths = ([args.input] if args.input else []) + (args.channel or [])
+    if not paths:
+        raise UserError("segment needs an input image (or --channel FILE for each co-registered sequence)")
+    run_segment(Path(paths[0]), args.prompt, Path(args.output), args.model, args.device, args.axis,
                 args.start_slice, _window(args.window), Path(args.overlay) if args.overlay else None, args.name,
                 args.first_mask_model, _slice_range(args.slice_range), args.direction, sequence=args.sequence,
-                output_raw=args.output, precision=args.precision, strict=args.strict)
+                output_raw=args.output, precision=args.precision, strict=args.strict,
+                channels=[Path(p) for p in paths[1:]])
     print(f"wrote {args.output}")
     return 0
 
@@ -434,8 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment a volume, one segment per prompt")
-    seg.add_argument("input", help="NIfTI, NRRD, MHA, a DICOM series folder, or a 2D+t sequence: a folder of "
-                     "frames, a Slicer .seq.nrrd, a multi-page TIFF or a .npy (t, y, x[, 3]) array")
+    seg.add_argument("input", nargs="?", help="NIfTI, NRRD, MHA, a DICOM series folder, or a 2D+t sequence: a "
+                     "folder of frames, a Slicer .seq.nrrd, a multi-page TIFF or a .npy (t, y, x[, 3]) array")
+    seg.add_argument("--channel", action="append", metavar="FILE", help="a co-registered sequence of the same "
+                     "patient, in the order the model states (repeat; the input, if given, comes first): "
+                     "tgsam2-medium reads BraTS sub-regions from --channel FLAIR.nii.gz --channel T1C.nii.gz")
     seg.add_argument("--prompt", "-p", action="append", required=True, help="what to segment (repeatable)")
     seg.add_argument("--name", action="append", help="segment name for the prompt at the same position")
     seg.add_argument("-o", "--output", required=True, help="output .seg.nrrd (Slicer) or label volume (.nii.gz); "

@@ -27,6 +27,21 @@ def small_ct(shared_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def brats_small(shared_data, tmp_path_factory) -> Path:
+    """The BraTS validation case's FLAIR and contrast T1 cut to 6 slices and 160 x 160 voxels through the tumour,
+    and the T1 once more with another spacing (a sequence not resampled onto the FLAIR's grid)."""
+    case = sorted((shared_data / "brats2013").iterdir())[-1]
+    folder = tmp_path_factory.mktemp("brats")
+    for name in ("flair", "t1c", "label"):
+        image = sitk.ReadImage(str(case / f"{name}.nii.gz"))[40:200, 40:200, 75:81]
+        sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
+    moved = sitk.ReadImage(str(folder / "t1c.nii.gz"))
+    moved.SetSpacing((1.0, 1.0, 1.5))
+    sitk.WriteImage(moved, str(folder / "t1c_moved.nii.gz"))
+    return folder
+
+
+@pytest.fixture(scope="module")
 def flipped_copy(tmp_path_factory) -> Path:
     """The bundled checkpoint copied with one byte of its weights flipped (its SHA256SUMS unchanged)."""
     folder = tmp_path_factory.mktemp("flipped") / "tgsam2-medium"
@@ -87,20 +102,27 @@ CASES = [  # (argv, part of the message)
     (["evaluate", "--model", "nosuch", "--data", "{data}", "--out", "{out}/ev"], "unknown model"),
     (["evaluate", "--device", "gpu", "--data", "{data}", "--out", "{out}/ev"], "unknown device"),
     (["evaluate", "--model", "{flipped}", "--data", "{data}", "--out", "{out}/ev"], "does not match"),
+    (["segment", "{brats}/flair.nii.gz", "--channel", "{brats}/t1c_moved.nii.gz", "-p", "the enhancing tumour", "-o",
+      "{out}/o.seg.nrrd"], "t1c_moved.nii.gz and flair.nii.gz lie on different voxel grids (spacing"),
+    (["segment", "--channel", "{brats}/flair.nii.gz", "--channel", "{brats}/t1c.nii.gz", "--channel",
+      "{brats}/t1c.nii.gz", "-p", "the enhancing tumour", "-o", "{out}/o.seg.nrrd"], "reads FLAIR + T1c, not 3"),
+    (["segment", "--channel", "{brats}/flair.nii.gz", "--channel", "{brats}/t1c.nii.gz", "-p", "the left atrium",
+      "-o", "{out}/o.seg.nrrd", "--model", "tpp-small-la"], "the model reads one image, not 2 sequences"),
+    (["segment", "-p", "the enhancing tumour", "-o", "{out}/o.seg.nrrd"], "needs an input image"),
 ]
 
 
 @pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a[1:] if a[0] == "segment" else a)[-48:]
                                                      for a, _ in CASES])
 def test_bad_argument_exit_2_one_line_no_file_no_model(args, message, small_ct, flipped_copy, unsummed_copy,
-                                                       shared_data, tmp_path, capsys, no_model_builds):
+                                                       brats_small, shared_data, tmp_path, capsys, no_model_builds):
     out = tmp_path / "out"
     out.mkdir()
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder is needed")
     before = sorted(tmp_path.rglob("*"))
     argv = [a.format(ct=small_ct, out=out, blocker=blocker, flipped=flipped_copy, unsummed=unsummed_copy,
-                     data=shared_data) for a in args]
+                     data=shared_data, brats=brats_small) for a in args]
     code = _run(argv)
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
@@ -194,3 +216,46 @@ def test_info_names_every_package_version(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"  sam2 {version('sam2')}" in out and "?" not in out
+
+
+def test_channels_make_the_composite_the_model_reads(brats_small, tmp_path, caplog):
+    """--channel FLAIR --channel T1C: the bundled model segments the composite on the input grid; a single sequence
+    with a BraTS prompt runs but says which composite the model was trained on."""
+    import logging
+
+    out = tmp_path / "et.nii.gz"
+    with caplog.at_level(logging.INFO, logger="textpromptseg"):
+        assert main(["segment", "--channel", str(brats_small / "flair.nii.gz"), "--channel",
+                     str(brats_small / "t1c.nii.gz"), "-p", "the enhancing tumour", "-o", str(out),
+                     "--start-slice", "3"]) == 0
+    assert any("as the model's FLAIR + T1c composite" in r.getMessage() for r in caplog.records)
+    labels = sitk.ReadImage(str(out))
+    assert labels.GetSize() == (160, 160, 6) and labels.GetSpacing() == sitk.ReadImage(
+        str(brats_small / "flair.nii.gz")).GetSpacing()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="textpromptseg"):
+        assert main(["segment", str(brats_small / "t1c.nii.gz"), "-p", "the enhancing tumour", "-o",
+                     str(tmp_path / "single.nii.gz"), "--start-slice", "3"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned and "FLAIR + T1c composite" in warned[0] and "--channel T1c" in warned[0]
+
+
+def test_models_download_shows_bytes_and_verifies(tmp_path, monkeypatch, capfd):
+    """`models download` draws a byte bar (not a 'slice' bar) and reports the verified file."""
+    import hashlib
+    import json
+
+    payload = tmp_path / "weights.pt"
+    payload.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    entry = {"kind": "sam2-official", "config": "tiny",
+             "files": [{"name": "w.pt", "url": payload.as_uri(), "sha256": digest}]}
+    (resources / "models.json").write_text(json.dumps({"format": 1, "default": "good", "models": {"good": entry}}))
+    monkeypatch.setenv("TEXTPROMPTSEG_RESOURCES", str(resources))
+    monkeypatch.setenv("TEXTPROMPTSEG_CACHE", str(tmp_path / "cache"))
+    assert main(["models", "download", "good"]) == 0
+    captured = capfd.readouterr()
+    assert "slice" not in captured.err and "1.00M/1.00M" in captured.err and "download" in captured.err
+    assert f"ok {tmp_path / 'cache' / 'good' / 'w.pt'} (SHA-256 matches)" in captured.out

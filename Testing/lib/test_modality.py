@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from TextPromptSegLib.engine.pipeline import PreparedVolume
 from TextPromptSegLib.engine.preprocess import (
+    BRATS_CHANNELS,
     TRAINING_INPUTS,
     WINDOWS,
     InputSpec,
@@ -127,9 +128,10 @@ def test_bundled_checkpoints_state_the_training_normalisation(name):
     """The bundled models were trained through training/data.py: their config.json states exactly that."""
     folder = resource_path("Models", name)
     stated = json.loads((folder / "config.json").read_text(encoding="utf-8"))["inputs"]
-    assert InputSpec.from_dict(stated) == TRAINING_INPUTS
+    assert InputSpec.from_dict(stated).intensity == TRAINING_INPUTS.intensity
     assert stated["intensity"]["CT"] == {"window": list(WINDOWS["soft_tissue"])}
-    assert read_inputs(folder) == TRAINING_INPUTS
+    # tgsam2-medium was trained on BraTS composites (FLAIR + T1c); the TPP on left atria only
+    assert read_inputs(folder).channels == ((BRATS_CHANNELS,) if name == "tgsam2-medium" else ())
 
 
 def test_inference_uses_the_checkpoint_normalisation(tiny_model, tmp_path):
@@ -193,3 +195,33 @@ def test_training_and_inference_give_the_model_identical_inputs(kind, mini_root)
     # 8-bit quantisation of the training frames (<= 0.5/255) and their fp16 storage (<= 2^-12); a different
     # normalisation differs by tenths
     assert float((trained_on - seen).abs().max()) <= 0.5 / 255 + 2**-11
+
+
+@pytest.fixture(scope="module")
+def brats_crop(shared_data, tmp_path_factory) -> Path:
+    """The BraTS validation case's FLAIR, contrast T1, brain mask and labels, cut to 6 slices through the tumour
+    (there, the T1's own foreground misses 33 voxels of the brain mask that the FLAIR's covers)."""
+    case = sorted((shared_data / "brats2013").iterdir())[-1]
+    folder = tmp_path_factory.mktemp("brats") / case.name
+    for name in ("flair", "t1c", "brainmask", "label"):
+        _crop(case / f"{name}.nii.gz", folder / f"{name}.nii.gz", slice(75, 81))  # whole slices: the brain's edge
+    return folder
+
+
+def test_channel_composite_is_the_one_the_model_was_trained_on(brats_crop):
+    """``read_channels`` (the CLI's --channel) and the training adapter build the same composite, and it equals the
+    recipe the bundled model was trained with: percentiles inside BraTS's own brain mask file."""
+    from TextPromptSegLib.io.volumes import read_channels
+    from TextPromptSegLib.training.data import brats_volume
+
+    composite = read_channels([brats_crop / "flair.nii.gz", brats_crop / "t1c.nii.gz"])
+    assert composite.array.dtype == np.uint8 and composite.array.shape[-1] == 3
+    assert np.array_equal(brats_volume(brats_crop).array, composite.array)
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(brats_crop / "brainmask.nii.gz"))) > 0
+    channels = []
+    for name in ("flair", "t1c"):
+        data = sitk.GetArrayFromImage(sitk.ReadImage(str(brats_crop / f"{name}.nii.gz")))
+        low, high = np.percentile(data[brain], (0.5, 99.5))
+        channels.append(np.where(brain, np.clip((data - low) / max(high - low, 1e-6), 0, 1), 0))
+    channels.append((channels[0] + channels[1]) / 2)
+    assert np.array_equal(composite.array, np.round(np.stack(channels, -1) * 255).astype(np.uint8))

@@ -155,14 +155,42 @@ DEFAULT_INTENSITY: Mapping[str, Normalisation] = {
 
 
 @dataclass(frozen=True)
+class ChannelSet:
+    """Co-registered sequences that a model reads together as one colour composite (:func:`channel_composite`) for
+    some structures, e.g. BraTS sub-regions from FLAIR + contrast T1. ``sequences`` in channel order."""
+
+    sequences: tuple[str, ...]
+    structures: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sequences": list(self.sequences), "structures": list(self.structures),
+                "composite": "each sequence scaled by its 0.5-99.5 percentiles inside the brain (voxels above the "
+                             "background of any sequence) into channels 1-2, their mean in channel 3, 8-bit"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChannelSet:
+        return cls(tuple(str(v) for v in data["sequences"]), tuple(str(v) for v in data.get("structures", ())))
+
+    def covers(self, prompt: str) -> bool:
+        """Whether a prompt names one of these structures (case-insensitive; "oedema" and "edema" alike)."""
+        text = prompt.lower().replace("oedema", "edema").replace("tumor", "tumour")
+        return any(s.lower().replace("oedema", "edema") in text for s in self.structures)
+
+
+BRATS_CHANNELS = ChannelSet(("FLAIR", "T1c"), ("necrosis", "edema", "enhancing tumour", "whole tumour"))
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """What a model reads, as its checkpoint's ``config.json`` states under ``"inputs"``:
 
     intensity: per modality ("CT", "MR", "US", "unknown", and "RGB" for colour data) the normalisation it was
     trained with; a modality without an entry gets the "unknown" one.
+    channels: sets of sequences read together as a composite for some structures (empty: one image for all).
     """
 
     intensity: Mapping[str, Normalisation] = field(default_factory=lambda: dict(DEFAULT_INTENSITY))
+    channels: tuple[ChannelSet, ...] = ()
 
     def normalisation(self, modality: str, rgb: bool = False) -> Normalisation:
         if rgb:
@@ -170,18 +198,25 @@ class InputSpec:
         return self.intensity.get(modality) or self.intensity.get("unknown", PERCENTILES)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"intensity": {k: v.to_dict() for k, v in self.intensity.items()}}
+        out: dict[str, Any] = {"intensity": {k: v.to_dict() for k, v in self.intensity.items()}}
+        if self.channels:
+            out["channels"] = [c.to_dict() for c in self.channels]
+        return out
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> InputSpec:
         """The spec of a config's ``"inputs"``; None (an older checkpoint) gives :data:`TRAINING_INPUTS`."""
         if not data:
             return cls()
-        unknown = set(data) - {"intensity"}
+        unknown = set(data) - {"intensity", "channels"}
         if unknown:
             raise ValueError(f"unknown 'inputs' key(s) {sorted(unknown)}")
         intensity = {str(k): Normalisation.from_dict(v) for k, v in data.get("intensity", {}).items()}
-        return cls({**DEFAULT_INTENSITY, **intensity})
+        return cls({**DEFAULT_INTENSITY, **intensity}, tuple(ChannelSet.from_dict(c) for c in data.get("channels", ())))
+
+    def channel_set(self, count: int) -> Optional[ChannelSet]:
+        """The channel set of ``count`` sequences, if the model reads one."""
+        return next((c for c in self.channels if len(c.sequences) == count), None)
 
 
 TRAINING_INPUTS = InputSpec()  # what training/data.py prepares volumes with; written into every trained checkpoint
@@ -191,6 +226,27 @@ def model_inputs(model: Any) -> InputSpec:
     """The :class:`InputSpec` a built model's checkpoint states (``model.inputs``), else the training default."""
     spec = getattr(model, "inputs", None)
     return spec if isinstance(spec, InputSpec) else TRAINING_INPUTS
+
+
+def channel_composite(arrays: list[np.ndarray], percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Co-registered sequences (each (z, y, x), the same shape) -> the (z, y, x, 3) uint8 composite that training
+    builds for multi-sequence structures: each of the first two sequences scaled to [0, 1] by its ``percentiles``
+    inside the brain and 0 outside, the third channel their mean. The brain is every voxel where some sequence lies
+    above its own minimum (skull-stripped data has a constant background; on BraTS 2013 this is exactly its brain
+    mask)."""
+    if len(arrays) != 2:
+        raise ValueError(f"the composite takes 2 sequences, got {len(arrays)}")
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"the sequences differ in shape: {[a.shape for a in arrays]}")
+    brain = np.zeros(arrays[0].shape, bool)
+    for data in arrays:
+        brain |= data > data.min()
+    channels = []
+    for data in arrays:
+        low, high = np.percentile(data[brain], percentiles) if brain.any() else (data.min(), data.max())
+        channels.append(np.where(brain, np.clip((data - low) / max(high - low, 1e-6), 0, 1), 0))
+    channels.append((channels[0] + channels[1]) / 2)
+    return np.round(np.stack(channels, -1) * 255).astype(np.uint8)
 
 
 def resolve_window(window: Window) -> Optional[tuple[float, float]]:

@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..engine.preprocess import decide_modality
+from ..engine.preprocess import channel_composite, decide_modality
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,32 @@ def read_volume(path: Union[str, Path], modality: str | None = None) -> Volume:
     volume = Volume.from_sitk(image)
     volume.modality = modality or decide_modality(volume.array, metadata)
     return validate(volume)
+
+
+def read_channels(paths: list[Union[str, Path]], spacing_tolerance: float = 1e-4) -> Volume:
+    """Co-registered sequences of one patient (e.g. FLAIR then contrast T1) -> one (z, y, x, 3) composite Volume, built
+    exactly as training builds it (``engine.preprocess.channel_composite``). Raises InputError when a file cannot be
+    read or the sequences do not lie on the same voxel grid (size, spacing, origin, direction)."""
+    volumes = [read_volume(p) for p in paths]
+    first = volumes[0]
+    for path, other in zip(paths[1:], volumes[1:]):
+        problems = []
+        if other.shape != first.shape:
+            problems.append(f"size {other.shape[::-1]} vs {first.shape[::-1]}")
+        if not np.allclose(other.spacing, first.spacing, atol=spacing_tolerance):
+            problems.append(f"spacing {other.spacing} vs {first.spacing}")
+        if not np.allclose(other.origin, first.origin, atol=1e-3):
+            problems.append(f"origin {other.origin} vs {first.origin}")
+        if not np.allclose(other.direction, first.direction, atol=1e-4):
+            problems.append("direction")
+        if problems:
+            raise InputError(f"{Path(path).name} and {Path(paths[0]).name} lie on different voxel grids "
+                             f"({'; '.join(problems)}): resample them onto one grid first")
+    try:
+        composite = channel_composite([v.array for v in volumes])
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    return Volume(composite, first.spacing, first.origin, first.direction, "MR")
 
 
 def _read_npz(path: Path, modality: str | None) -> Volume:

@@ -238,7 +238,7 @@ def cmd_train(args) -> int:
     import torch
 
     rank, args.device = _init_distributed(args.device)
-    from ..engine.preprocess import TRAINING_INPUTS
+    from ..engine.preprocess import BRATS_CHANNELS, TRAINING_INPUTS, InputSpec
     from ..modeling.tpp import TPP
     from .data import ClipSampler
     from .trainer import TrainConfig, Trainer
@@ -247,10 +247,12 @@ def cmd_train(args) -> int:
     spec = read_training_config(config_path)
     root = Path(spec.get("data", args.data))
     model, image_size = build_training_model(spec, config_path.parent, args.device)
-    model.inputs = TRAINING_INPUTS  # what the data below (or the cached features) is normalised with; saved
     if spec.get("features"):
         return _train_on_features(spec, config_path.parent, model, args, rank)
     volumes = _training_volumes(spec, root, config_path.parent)
+    # what the data is normalised with, and the BraTS composite when BraTS is among it; saved in every checkpoint
+    brats = any(v.case_id.startswith("brats2013/") for v in volumes)
+    model.inputs = InputSpec(TRAINING_INPUTS.intensity, (BRATS_CHANNELS,) if brats else ())
     device = next(model.parameters()).device
     cases = [c for v in volumes for c in v.to_cases(image_size)]
     if device.type == "cuda":  # clips are cut on the GPU
@@ -282,6 +284,7 @@ def _train_on_features(spec: dict, base: Path, model, args, rank: int) -> int:
 
     import torch
 
+    from ..engine.preprocess import BRATS_CHANNELS, TRAINING_INPUTS, InputSpec
     from .features import CachedClipForward, FeatureClipSampler, encoder_id, load_cache
     from .trainer import TrainConfig, Trainer
 
@@ -289,6 +292,9 @@ def _train_on_features(spec: dict, base: Path, model, args, rank: int) -> int:
     if not paths:
         raise ValueError(f"no feature cache matches {spec['features']} under {base}")
     cases = [c for p in paths for c in load_cache(p, expect_encoder=encoder_id(model))]
+    # what the cached frames were normalised with, and the BraTS composite when BraTS is among them; saved
+    brats = any(c.case_id.startswith("brats2013/") for c in cases)
+    model.inputs = InputSpec(TRAINING_INPUTS.intensity, (BRATS_CHANNELS,) if brats else ())
     weights = []
     for case in cases:
         w = [v for k, v in spec.get("feature_weights", {}).items() if case.case_id.startswith(k)]

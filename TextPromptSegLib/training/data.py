@@ -120,20 +120,11 @@ BRATS_LABELS = {"necrosis": (1,), "edema": (2,), "enhancing tumour": (4,), "whol
 
 
 def brats_volume(folder: Path):
-    """A BraTS case as one RGB-like volume (FLAIR, contrast T1, their mean), each channel scaled to uint8 by its
-    0.5-99.5 percentiles inside the brain mask: one input shows oedema (FLAIR) and enhancement (T1c) together."""
-    from ..io.volumes import Volume
+    """A BraTS case as one RGB-like volume (FLAIR, contrast T1, their mean; ``io.volumes.read_channels``, which the
+    CLI's ``--channel`` uses too): one input shows oedema (FLAIR) and enhancement (T1c) together."""
+    from ..io.volumes import read_channels
 
-    flair = read_volume(folder / "flair.nii.gz")
-    t1c = read_volume(folder / "t1c.nii.gz").array
-    brain = read_volume(folder / "brainmask.nii.gz").array > 0
-    channels = []
-    for data in (flair.array, t1c):
-        low, high = np.percentile(data[brain], (0.5, 99.5)) if brain.any() else (data.min(), data.max())
-        channels.append(np.where(brain, np.clip((data - low) / max(high - low, 1e-6), 0, 1), 0))
-    channels.append((channels[0] + channels[1]) / 2)
-    rgb = np.round(np.stack(channels, -1) * 255).astype(np.uint8)
-    return Volume(rgb, flair.spacing, flair.origin, flair.direction, "MR")
+    return read_channels([folder / "flair.nii.gz", folder / "t1c.nii.gz"])
 
 
 def brats_volumes(root: Path, ids: list[str]) -> list[FrameVolume]:
