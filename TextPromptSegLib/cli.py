@@ -225,6 +225,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         _check_output_folder(overlay, "--overlay")
     if start_slice is not None and start_slice < 0:
         raise UserError(f"--start-slice {start_slice}: slice indices start at 0")
+    encoder = check_prompts(prompts, model_name, strict)
     if channels and sequence:
         raise UserError("--channel combines co-registered volumes; it does not apply to a 2D+t --sequence")
     try:
@@ -263,7 +264,6 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     _check_slices(geometry.num_frames(volume.shape), slice_range, start_slice,
                   "frames" if volume.is_sequence else "slices")
     quiet_loading()
-    encoder = check_prompts(prompts, model_name, strict)
     try:
         model = load_model(model_name, device=str(dev), text_encoder=encoder)
         first_mask = load_model(first_mask_model, device=str(dev)) if first_mask_model else None
