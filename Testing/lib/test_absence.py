@@ -69,8 +69,9 @@ def test_absent_structure_gives_an_empty_segment_and_keeps_its_scores(medium, sa
     raw = segment_volume(volume, [request], medium, presence=None).segments[0]
     rule = PresenceRule.for_model(medium)
     assert rule == PresenceRule(2.242, 1)  # the bundled calibration, not the default (0.0, 1)
-    # without the rule the model draws a "rim" on 15 of the 16 slices of a thigh CT (measured: 33,187 voxels)
-    assert raw.mask.sum() > 25_000 and raw.slices_with_object >= 13 and not raw.absent
+    # without the rule the model draws a "rim" on the thigh CT (measured with the CT window of issue 19: 1,214
+    # voxels on 1 slice; 33,187 on 15 slices when float CTs were percentile-normalised)
+    assert raw.mask.sum() > 1_000 and raw.slices_with_object >= 1 and not raw.absent
     assert judged.absent and not judged.mask.any() and judged.volume_ml == 0.0 and judged.slices_with_object == 0
     assert f"{RIM}: not found in this volume" in judged.message and "add a box or points" in judged.message
     # the scores stay for the QA strip (measured: best slice 1.48, 0.76 below the threshold)
@@ -82,7 +83,7 @@ def test_present_structures_are_not_suppressed(medium, sarcoma_ct, atrium_mri):
     sarcoma = segment_volume(read_volume(sarcoma_ct[0]), [SegmentRequest("a soft-tissue sarcoma")], medium)
     seg = sarcoma.segments[0]
     assert not seg.absent and seg.message == ""
-    assert seg.slice_scores.max() == pytest.approx(3.49, abs=0.05)  # 1.25 above the threshold
+    assert seg.slice_scores.max() == pytest.approx(3.22, abs=0.05)  # 0.98 above the threshold (CT-windowed input)
     assert _dice(seg.mask, sarcoma_ct[1]) > 0.5  # measured 0.553 on this crop
     atrium = segment_volume(read_volume(atrium_mri[0]), [SegmentRequest("the left atrium")], medium).segments[0]
     assert not atrium.absent and _dice(atrium.mask, atrium_mri[1]) > 0.9  # measured 0.939 on this crop
