@@ -69,13 +69,14 @@ def test_logic_segments_a_real_volume_with_a_tpp_checkpoint_and_a_three_prompt_l
 
     # the panel's echo: the line's structure and, for the TPP checkpoint, the three prompts it reads
     echo = tl.TextPromptSegLogic.describe_prompts(f"{LINE}\nthe left atrium", str(folder))
-    assert echo[0].endswith("Left atrium (name); TPP reads 3 prompt(s) (as typed): the left atrium | a rounded sac "
-                            "behind the left ventricle | a bright blood pool")
+    assert echo[0].splitlines()[0].endswith(  # the familiarity line follows it
+        "Left atrium (name); TPP reads 3 prompt(s) (as typed): the left atrium | a rounded sac behind the left "
+        "ventricle | a bright blood pool")
     assert "TPP reads 3 prompt(s) (name + library descriptions): the left atrium | the left atrium, the chamber" \
         in echo[1]
     plain = tl.TextPromptSegLogic.describe_prompts(LINE, "tgsam2-medium")
-    assert plain[0].endswith("Left atrium (name); ';' separates TPP prompts: this model reads the whole line as "
-                             "one text")
+    assert plain[0].splitlines()[0].endswith(
+        "Left atrium (name); ';' separates TPP prompts: this model reads the whole line as one text")
 
 
 def test_logic_runs_the_bundled_tpp_by_its_registry_name(mrml, shared_data):
