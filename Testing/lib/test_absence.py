@@ -136,4 +136,5 @@ def test_a_tumour_on_a_crop_of_a_training_ct_is_kept(medium, shared_data, tmp_pa
     seg = segment_volume(read_volume(tmp_path / "ct.nii.gz"), [SegmentRequest("a soft-tissue sarcoma")],
                          medium).segments[0]
     assert not seg.absent and seg.mask.any()
-    assert np.sort(seg.slice_scores)[-2] < 1.0 < 3.0 < seg.slice_scores.max()  # measured 0.79 and 3.53
+    # measured before issue 19's CT window: 0.79 and 3.53 (one slice above the threshold); with it: 3.28 and more
+    assert seg.slice_scores.max() > PresenceRule.for_model(medium).threshold + 0.5
