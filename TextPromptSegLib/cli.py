@@ -225,7 +225,8 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         _check_output_folder(overlay, "--overlay")
     if start_slice is not None and start_slice < 0:
         raise UserError(f"--start-slice {start_slice}: slice indices start at 0")
-    encoder = check_prompts(prompts, model_name, strict)
+    quiet_loading()
+    encoder, familiarity = check_prompts(prompts, model_name, strict)  # --strict refuses before reading input
     if channels and sequence:
         raise UserError("--channel combines co-registered volumes; it does not apply to a 2D+t --sequence")
     try:
@@ -264,6 +265,8 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
     _check_slices(geometry.num_frames(volume.shape), slice_range, start_slice,
                   "frames" if volume.is_sequence else "slices")
     quiet_loading()
+    for line in familiarity:  # printed once every argument has been checked
+        print(line)
     try:
         model = load_model(model_name, device=str(dev), text_encoder=encoder)
         first_mask = load_model(first_mask_model, device=str(dev)) if first_mask_model else None
@@ -326,8 +329,6 @@ def check_prompts(prompts: list[str], model_name: Optional[str], strict: bool = 
         verdicts = assess(local, prompts, checker)
     except (RegistryError, CheckpointError, TextEncoderError, OSError, ValueError) as exc:
         raise UserError(str(exc)) from exc
-    for verdict in verdicts:
-        print(f"{verdict.prompt!r}: {verdict.describe()}")
     refused = [v for v in verdicts if v.needs_visual_prompt]
     if strict and refused:
         v = refused[0]
@@ -336,7 +337,7 @@ def check_prompts(prompts: list[str], model_name: Optional[str], strict: bool = 
                 f"{v.similarity:.2f})")
         raise UserError(f"--strict: refusing {v.prompt!r}: {what}; see 'textpromptseg models list' for what it "
                         "was trained on")
-    return checker.encoder if checker is not None else None
+    return (checker.encoder if checker is not None else None), [f"{v.prompt!r}: {v.describe()}" for v in verdicts]
 
 
 def cmd_segment(args) -> int:

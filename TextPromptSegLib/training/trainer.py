@@ -130,7 +130,7 @@ class Trainer:
         self.model, self.sampler, self.config, self.out_dir = model, sampler, config, Path(out_dir)
         # what the checkpoints record they were trained on: the sampler's structures, prompts and datasets, with
         # what the initial weights had been trained on (``record_of(model)``: loaded with them)
-        self.record = record or training_record(sampler.cases).merged(record_of(model))
+        self.record = record or training_record(getattr(sampler, "cases", [])).merged(record_of(model))
         self.params = trainable_parameters(model, config.trainable)
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.decay_every, gamma=0.5)
