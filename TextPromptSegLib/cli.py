@@ -331,6 +331,8 @@ def check_prompts(prompts: list[str], model_name: Optional[str], strict: bool = 
         raise UserError(str(exc)) from exc
     refused = [v for v in verdicts if v.needs_visual_prompt]
     if strict and refused:
+        for verdict in verdicts:  # what was judged, then the refusal
+            print(f"{verdict.prompt!r}: {verdict.describe()}")
         v = refused[0]
         what = ("this model ignores text (its text modules are untrained)" if v.level != UNKNOWN else
                 f"this model does not know it (nearest trained structure: {v.structure}, similarity "
