@@ -198,6 +198,18 @@ def default_splits(root: Path) -> dict[str, dict[str, list[str]]]:
     }
 
 
+def clip_indices(rng: np.random.Generator, n: int, with_object: np.ndarray, p_object: float,
+                 length: int) -> np.ndarray:
+    """``length`` consecutive slice indices of an ``n``-slice volume in a random direction, starting on a slice of
+    ``with_object`` with probability ``p_object`` (else anywhere), clipped at the volume's ends."""
+    if with_object.size and rng.random() < p_object:
+        start = int(rng.choice(with_object))
+    else:
+        start = int(rng.integers(n))
+    step = 1 if rng.random() < 0.5 else -1
+    return np.clip(start + step * np.arange(length), 0, n - 1)
+
+
 class ClipSampler:
     """Random clips of ``length`` consecutive slices, starting on a slice with the object with probability
     ``p_object`` (the conditioning frame), random direction and flips, random prompt variant, and with probability
@@ -245,13 +257,7 @@ class ClipSampler:
         for _ in range(batch):
             k = int(self.rng.integers(len(self.cases)))
             case, with_object = self.cases[k], self._with_object[k]
-            n = case.frames.shape[0]
-            if with_object.size and self.rng.random() < self.p_object:
-                start = int(self.rng.choice(with_object))
-            else:
-                start = int(self.rng.integers(n))
-            step = 1 if self.rng.random() < 0.5 else -1
-            idx = np.clip(start + step * np.arange(self.length), 0, n - 1)
+            idx = clip_indices(self.rng, case.frames.shape[0], with_object, self.p_object, self.length)
             x, y = case.frames[idx].float(), case.masks[idx]
             if self.rng.random() < 0.5:
                 x, y = x.flip(-1), y.flip(-1)

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .data import FrameVolume
+from .data import FrameVolume, clip_indices
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +169,7 @@ class FeatureClipSampler:
         for _ in range(batch):
             k = int(self.rng.choice(len(self.cases), p=self.weights))
             case, with_object = self.cases[k], self._with_object[k]
-            n = case.feats.shape[0]
-            if with_object.size and self.rng.random() < self.p_object:
-                start = int(self.rng.choice(with_object))
-            else:
-                start = int(self.rng.integers(n))
-            step = 1 if self.rng.random() < 0.5 else -1
-            idx = np.clip(start + step * np.arange(self.length), 0, n - 1)
+            idx = clip_indices(self.rng, case.feats.shape[0], with_object, self.p_object, self.length)
             feats.append(case.feats[idx].float())
             masks.append(case.masks[idx])
             text = str(self.rng.choice(case.prompts)) if with_text else ""
