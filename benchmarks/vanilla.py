@@ -1,7 +1,9 @@
 """Run sam2's own video predictor and our engine on the same weights and frames (equivalence + benchmark).
 
 The vanilla predictor only reads JPEG folders, so frames are written as JPEGs and decoded by sam2's own loader;
-our engine receives exactly those decoded frames (in memory). A mask prompt on frame 0, forward propagation.
+our engine receives exactly those decoded frames (in memory). The benchmarks use a mask prompt on frame 0 and
+forward propagation; the equivalence tests also prompt a later frame with a mask, clicks or a box and track
+forward, backward (sam2's ``reverse=True``) or both ways (forward, then backward, as sam2's two calls do).
 """
 
 from __future__ import annotations
@@ -55,6 +57,39 @@ def first_frame_prompt(size: int) -> np.ndarray:
     return (yy - 0.45 * size) ** 2 + (xx - 0.4 * size) ** 2 < (0.15 * size) ** 2
 
 
+@dataclass(frozen=True)
+class VisualPrompt:
+    """A visual prompt on one frame, in model pixels (frames are square at the model's size, so sam2's
+    normalisation by the video size is the identity): a mask, or clicks (x, y) with labels (1 positive, 0
+    negative), or a box (x0, y0, x1, y1)."""
+
+    frame: int
+    mask: Optional[np.ndarray] = None
+    points: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    box: Optional[np.ndarray] = None
+
+    def engine_prompts(self) -> dict:
+        """Keyword arguments of ``Session.propagate`` (a box is SAM-2's corner pair, labels 2 and 3, first)."""
+        if self.mask is not None:
+            return {"mask_prompts": {self.frame: self.mask}}
+        coords, labels = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+        if self.box is not None:
+            coords, labels = np.asarray(self.box, np.float32).reshape(2, 2), np.array([2, 3])
+        if self.points is not None:
+            coords = np.concatenate([coords, np.asarray(self.points, np.float32)])
+            labels = np.concatenate([labels, np.asarray(self.labels)])
+        return {"point_prompts": {self.frame: {"coords": coords, "labels": labels}}}
+
+    def add_to(self, predictor, state) -> None:
+        """The same prompt through sam2's own API."""
+        if self.mask is not None:
+            predictor.add_new_mask(state, self.frame, 1, torch.as_tensor(self.mask))
+        else:
+            predictor.add_new_points_or_box(state, self.frame, 1, points=self.points, labels=self.labels,
+                                            box=self.box)
+
+
 def build_pair(config, seed: int = 0, device: str = "cpu"):
     """A TGSAM-2 with untrained adapters and sam2's SAM2VideoPredictor holding the same SAM-2 weights."""
     from sam2.sam2_video_predictor import SAM2VideoPredictor
@@ -92,28 +127,35 @@ def write_jpeg_frames(frames: np.ndarray, folder) -> None:
         Image.fromarray(frame).save(Path(folder) / f"{i:05d}.jpg", quality=95)
 
 
-def run_predictor(predictor, folder, prompt_mask: np.ndarray, device: str = "cpu",
-                  precision: str = "auto") -> torch.Tensor:
-    """sam2's video predictor as shipped on a JPEG folder: mask prompt on frame 0, forward propagation; returns the
-    (N, S, S) bool masks."""
+def run_predictor(predictor, folder, prompt, device: str = "cpu", precision: str = "auto",
+                  direction: str = "forward") -> torch.Tensor:
+    """sam2's video predictor as shipped on a JPEG folder; returns the (N, S, S) bool masks (frames not reached stay
+    empty). prompt: a ``VisualPrompt``, or a bool mask for frame 0. direction: "forward", "backward" (sam2's
+    ``reverse=True``) or "both" (forward, then backward from the same frame)."""
     from TextPromptSegLib.engine.device import autocast
 
+    if not isinstance(prompt, VisualPrompt):
+        prompt = VisualPrompt(0, mask=np.asarray(prompt))
     size = predictor.image_size
+    runs = {"forward": (False,), "backward": (True,), "both": (False, True)}[direction]
     with torch.inference_mode(), autocast(torch.device(device), precision):
         state = predictor.init_state(video_path=str(folder))
-        predictor.add_new_mask(state, 0, 1, torch.as_tensor(prompt_mask))
+        prompt.add_to(predictor, state)
         masks_out = torch.zeros(state["num_frames"], size, size, dtype=torch.bool)
-        for index, _, masks in predictor.propagate_in_video(state):
-            masks_out[index] = masks[0, 0].cpu() > 0
+        for reverse in runs:
+            for index, _, masks in predictor.propagate_in_video(state, start_frame_idx=prompt.frame, reverse=reverse):
+                masks_out[index] = masks[0, 0].cpu() > 0
     return masks_out
 
 
-def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_batch_size: Optional[int] = None,
-            device: str = "cpu", precision: str = "auto", vanilla_precision: str = "auto") -> Comparison:
+def compare(ours, vanilla, frames: np.ndarray, prompt_mask, encode_batch_size: Optional[int] = None,
+            device: str = "cpu", precision: str = "auto", vanilla_precision: str = "auto",
+            direction: str = "forward") -> Comparison:
     """Both sides on ``device``; on CUDA both run under bf16 autocast (sam2's recommended inference setting, and
     our engine's), so small bf16 rounding differences between the outputs are expected there. ``precision``
     is our engine's and ``vanilla_precision`` sam2's (see ``engine.device.resolve_precision``; "auto" is how sam2 is
-    run as shipped: bf16 autocast on CUDA, float32 on CPU)."""
+    run as shipped: bf16 autocast on CUDA, float32 on CPU). prompt_mask: a ``VisualPrompt`` or a bool mask for
+    frame 0; ``direction`` as in :func:`run_predictor`."""
     from sam2.utils.misc import load_video_frames
 
     from TextPromptSegLib.engine.propagation import Propagator
@@ -128,7 +170,7 @@ def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_b
 
         _sync(device)
         start = time.perf_counter()
-        vanilla_masks = run_predictor(vanilla, tmp, prompt_mask, device, vanilla_precision)
+        vanilla_masks = run_predictor(vanilla, tmp, prompt_mask, device, vanilla_precision, direction)
         _sync(device)
         vanilla_seconds = time.perf_counter() - start
 
@@ -139,7 +181,8 @@ def compare(ours, vanilla, frames: np.ndarray, prompt_mask: np.ndarray, encode_b
     session.encode_all()
     _sync(device)
     encode_seconds = time.perf_counter() - start
-    result = session.propagate(None, start_index=0, direction="forward", mask_prompts={0: prompt_mask})
+    prompt = prompt_mask if isinstance(prompt_mask, VisualPrompt) else VisualPrompt(0, mask=np.asarray(prompt_mask))
+    result = session.propagate(None, start_index=prompt.frame, direction=direction, **prompt.engine_prompts())
     ours_masks = result.masks(size)
     _sync(device)
     ours_seconds = time.perf_counter() - start
