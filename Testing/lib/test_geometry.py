@@ -1,5 +1,6 @@
-"""Geometry (issue 7, must-show 1): masks made in frame space land on exactly the right voxels, checked against
-ground truth placed in physical space, for anisotropic spacing, oblique and flipped directions, every axis."""
+"""Geometry (issue 7, must-show 1; issue 16): masks made in frame space land on exactly the right voxels, for
+anisotropic spacing, oblique and flipped directions, every axis; and frames are shown as Slicer shows its views,
+checked against an independent truth: markers placed in physical (LPS) space, turned into voxels by SimpleITK."""
 
 from __future__ import annotations
 
@@ -101,3 +102,43 @@ def test_sitk_round_trip_keeps_geometry(tmp_path):
     back = Volume.from_sitk(sitk.ReadImage(str(path)))
     assert np.allclose(back.direction, volume.direction) and np.allclose(back.spacing, volume.spacing)
     assert np.allclose(back.origin, volume.origin) and back.array[3, 4, 5] == 7
+
+
+# Slicer's views (vtkMRMLSliceNode::SetOrientationToAxial/Coronal/Sagittal): screen right is patient left on axial
+# and coronal views and posterior on sagittal ones; screen up is anterior on axial views and superior on coronal and
+# sagittal ones. As LPS unit vectors: (screen right, screen up). Frame rows grow downwards, columns to the right.
+SCREEN = {"axial": ((1, 0, 0), (0, -1, 0)), "coronal": ((1, 0, 0), (0, 0, 1)), "sagittal": ((0, 1, 0), (0, 0, 1))}
+
+
+def _marker_frame_positions(name: str, axis: str) -> tuple[dict, SliceGeometry]:
+    """Six markers 6 mm from the volume's centre along +-L, +-P, +-S (LPS), each one voxel found by SimpleITK:
+    {LPS unit vector: (frame, row, col) of the marker in the frames}."""
+    volume = _volume(DIRECTIONS[name])
+    image = volume.to_sitk()
+    geometry = SliceGeometry.for_volume(volume.direction, volume.spacing, axis)
+    size = image.GetSize()
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in size]))
+    positions = {}
+    for lps_axis in range(3):
+        for sign in (1, -1):
+            unit = tuple(sign * float(lps_axis == a) for a in range(3))
+            index = image.TransformPhysicalPointToIndex(tuple(centre + 6.0 * np.array(unit)))
+            assert all(0 <= index[a] < size[a] for a in range(3)), f"marker {unit} outside the volume"
+            mask = np.zeros(volume.shape, bool)
+            mask[index[2], index[1], index[0]] = True
+            n, row, col = np.argwhere(geometry.to_frames(mask))[0]
+            positions[unit] = (int(n), int(row), int(col))
+    return positions, geometry
+
+
+@pytest.mark.parametrize("name,axis", list(itertools.product(DIRECTIONS, ["axial", "coronal", "sagittal"])))
+def test_frames_are_oriented_as_slicer_shows_the_view(name, axis):
+    """Of two markers on either side of the centre along the screen's right (up) direction, the one on the right
+    (up) side lands in a larger column (smaller row); along the slice normal they land in different frames."""
+    positions, geometry = _marker_frame_positions(name, axis)
+    right, up = SCREEN[axis]
+    opposite = {u: tuple(-x for x in u) for u in positions}
+    normal = tuple(float(np.isclose(np.abs(np.cross(right, up))[a], 1)) for a in range(3))
+    assert positions[right][2] > positions[opposite[right]][2], f"{axis}: patient side on the screen's right"
+    assert positions[up][1] < positions[opposite[up]][1], f"{axis}: upward direction at the top of the frame"
+    assert positions[normal][0] != positions[opposite[normal]][0]
