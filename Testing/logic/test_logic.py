@@ -1,9 +1,12 @@
 """The module's Logic on real MRML (slicer-core; issue 3, must-show 1): segments land on the right voxels for
-oblique and flipped IJK-to-RAS matrices, one named coloured segment per prompt, hand-drawn segments untouched,
-re-running replaces only its own segment (and undo restores it), cancel leaves the node unchanged, and the
-.seg.nrrd written by the storage node reloads with names, colours and prompt tags."""
+oblique and flipped IJK-to-RAS matrices, one named coloured segment per prompt, hand-drawn segments untouched
+(even when named like the prompt or its library entry), re-running replaces only its own segment (and undo restores
+it), cancel (before the run or between two slices) leaves the node unchanged, and the .seg.nrrd written by the
+storage node reloads with names, colours and prompt tags."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -135,31 +138,46 @@ def test_two_prompts_two_named_segments_and_hand_drawn_untouched(mrml, la_array,
     volume_node = _volume_node(mrml, la_array, _oblique_flipped())
     seg_node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    # the user's own segments, named exactly like the library entry of one prompt and like the other prompt
     drawn = np.zeros(la_array.shape, bool)
     drawn[2:5, 20:40, 30:60] = True
-    hand_id = _draw_segment(seg_node, volume_node, drawn)
+    hand_id = _draw_segment(seg_node, volume_node, drawn, name="Left atrium")
+    drawn_aorta = np.zeros(la_array.shape, bool)
+    drawn_aorta[4:7, 50:60, 10:20] = True
+    aorta_hand_id = _draw_segment(seg_node, volume_node, drawn_aorta, name="the aorta", color=(0.9, 0.1, 0.1))
 
     logic = tl.TextPromptSegLogic(model_loader=lambda name, device: tiny_model)
     outcomes = logic.process(volume_node, seg_node, ["the left atrium", "the aorta"], device="cpu", start_slice=4)
     segmentation = seg_node.GetSegmentation()
-    assert segmentation.GetNumberOfSegments() == 3
+    assert segmentation.GetNumberOfSegments() == 4
+    assert {o.segment_id for o in outcomes}.isdisjoint({hand_id, aorta_hand_id})
     names = [segmentation.GetSegment(o.segment_id).GetName() for o in outcomes]
     assert names == ["Left atrium", "Aorta"]
     colors = [segmentation.GetSegment(o.segment_id).GetColor() for o in outcomes]
     assert colors[0] != colors[1]
     assert [o.matched for o in outcomes] == ["Left atrium (name)", "Aorta (name)"]
-    assert np.array_equal(_segment_array(seg_node, hand_id, volume_node, mrml), drawn)
+
+    def user_segments_untouched():
+        for segment_id, mask, name, color in ((hand_id, drawn, "Left atrium", (0.1, 0.9, 0.1)),
+                                              (aorta_hand_id, drawn_aorta, "the aorta", (0.9, 0.1, 0.1))):
+            segment = segmentation.GetSegment(segment_id)
+            assert segment.GetName() == name and np.allclose(segment.GetColor(), color)
+            assert tl.segment_prompt(segment) == ""
+            assert np.array_equal(_segment_array(seg_node, segment_id, volume_node, mrml), mask)
+
+    user_segments_untouched()
 
     # re-running one prompt replaces only its own segment; undo restores it bit for bit
     before = {o.segment_id: _segment_array(seg_node, o.segment_id, volume_node, mrml) for o in outcomes}
     rerun = logic.process(volume_node, seg_node, ["the aorta"], device="cpu", start_slice=1)
-    assert rerun[0].segment_id == outcomes[1].segment_id and segmentation.GetNumberOfSegments() == 3
+    assert rerun[0].segment_id == outcomes[1].segment_id and segmentation.GetNumberOfSegments() == 4
+    user_segments_untouched()
     assert np.array_equal(_segment_array(seg_node, outcomes[0].segment_id, volume_node, mrml),
                           before[outcomes[0].segment_id])
     assert logic.undo()
     assert np.array_equal(_segment_array(seg_node, outcomes[1].segment_id, volume_node, mrml),
                           before[outcomes[1].segment_id])
-    assert np.array_equal(_segment_array(seg_node, hand_id, volume_node, mrml), drawn)
+    user_segments_untouched()
 
     # the storage node writes a .seg.nrrd that reloads with names, colours and prompt tags
     storage = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
@@ -190,6 +208,41 @@ def test_cancel_leaves_the_segmentation_unchanged(mrml, la_array, tiny_model):
     job.done.wait(120)
     with pytest.raises(Cancelled):
         logic.finish(job, volume_node, seg_node)
+    assert seg_node.GetSegmentation().GetNumberOfSegments() == 0
+    logic.shutdown()
+
+
+def test_cancel_during_propagation_stops_at_the_next_slice(mrml, la_array, tiny_model, monkeypatch):
+    """The worker is held inside the third slice's tracking step while the user cancels: that slice finishes, no
+    other slice is tracked, and the node is unchanged."""
+    import TextPromptSegLogic as tl
+
+    volume_node = _volume_node(mrml, la_array, np.eye(4))
+    seg_node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    inside, release = threading.Event(), threading.Event()
+    steps = []
+    track_step = tiny_model.track_step
+
+    def held_track_step(index, cond, *args, **kwargs):
+        if steps or (index, cond) == (2, True):  # from the start slice on (the CPU time estimate comes first)
+            steps.append(index)
+        if len(steps) == 3:
+            inside.set()
+            release.wait(60)
+        return track_step(index, cond, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "track_step", held_track_step)
+    logic = tl.TextPromptSegLogic(model_loader=lambda name, device: tiny_model)
+    job = logic.start(volume_node, ["the left atrium"], device="cpu", start_slice=2)
+    try:
+        assert inside.wait(120), "the worker never reached the third slice"
+        job.cancel.cancel()
+    finally:
+        release.set()
+    assert job.done.wait(120)
+    with pytest.raises(Cancelled):
+        logic.finish(job, volume_node, seg_node)
+    assert steps == [2, 3, 4]  # the start slice, then forward; nothing after the cancel
     assert seg_node.GetSegmentation().GetNumberOfSegments() == 0
     logic.shutdown()
 
