@@ -25,6 +25,16 @@ def test_bundled_model_segments_the_bundled_sample(env):
     assert scores["dice"] >= MIN_SAMPLE_DICE and scores["slices"] > 0
 
 
+def test_each_prompt_gives_the_stored_result(env):
+    """Checked by breaking the code: text features zeroed (the engine ignores the text), masks flipped left-right
+    in ``mask_to_oriented_image``: both fail."""
+    from TextPromptSegLogic.selftest import MIN_REFERENCE_DICE, REFERENCE_PROMPTS, check_prompt_is_followed
+
+    scores = check_prompt_is_followed(env)
+    print({p: round(d, 4) for p, d in scores.items()})
+    assert list(scores) == list(REFERENCE_PROMPTS) and min(scores.values()) >= MIN_REFERENCE_DICE
+
+
 def test_rerun_on_a_range_undo_and_hand_drawn_segment(env):
     from TextPromptSegLogic.selftest import check_rerun_undo_and_other_segments
 
