@@ -254,10 +254,10 @@ def train(model, minutes: float, batch: int = 8, frames: int = 5, seed: int = 0,
 
 
 def dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice of two boolean arrays (1.0 when both are empty)."""
-    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
-    total = pred.sum() + target.sum()
-    return 1.0 if total == 0 else float(2 * (pred & target).sum() / total)
+    """Dice of two boolean arrays (1.0 when both are empty): the library's."""
+    from TextPromptSegLib.training.metrics import dice as library_dice
+
+    return library_dice(pred, target)
 
 
 def evaluate(model, clips: int = 24, frames: int = 8, seed: int = 12345) -> dict[str, float]:

@@ -90,10 +90,12 @@ def frames_array(images: torch.Tensor, rgb: bool = False) -> np.ndarray:
 
 
 def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean Dice over the leading dimension of boolean (N, H, W) tensors."""
-    pred, target = torch.as_tensor(pred).flatten(1).float(), torch.as_tensor(target).flatten(1).float()
-    inter = (pred * target).sum(1)
-    return float(((2 * inter + 1e-6) / (pred.sum(1) + target.sum(1) + 1e-6)).mean())
+    """Mean over the leading dimension of the library's Dice of boolean (N, H, W) frames (1.0 for a frame where
+    both are empty)."""
+    from TextPromptSegLib.training.metrics import dice as frame_dice
+
+    pred, target = torch.as_tensor(pred).bool().numpy(), torch.as_tensor(target).bool().numpy()
+    return float(np.mean([frame_dice(p, t) for p, t in zip(pred, target)]))
 
 
 def _is_tpp(model) -> bool:

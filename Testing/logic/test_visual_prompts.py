@@ -161,7 +161,7 @@ def test_jump_point_maps_back_to_its_slice_and_moves_the_views(mrml, probe_volum
     red.SetLayoutName("Red")
     red.SetOrientationToAxial()
     logic.jump_to_slice(node, n, seg, segment_id)
-    slice_to_ras = tl._vtk_matrix_to_numpy(red.GetSliceToRAS())
+    slice_to_ras = tl.vtk_matrix_to_numpy(red.GetSliceToRAS())
     normal, origin = slice_to_ras[:3, 2], slice_to_ras[:3, 3]
     assert abs(normal @ (ras - origin)) < 1e-6  # the Red plane passes through the point
 

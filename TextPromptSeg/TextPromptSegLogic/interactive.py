@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .nodes import geometry_from_node, mask_to_oriented_image, segment_labelmap_copy, vtk_matrix_to_numpy
+
 POINT_LABEL_ATTRIBUTE = "TextPromptSeg.PointLabel"
 PROMPT_ROLE_ATTRIBUTE = "TextPromptSeg.PromptRole"  # "positive", "negative" or "box"
 QA_SEGMENTATION_ATTRIBUTE = "TextPromptSeg.SegmentationNodeID"
@@ -33,10 +35,6 @@ _ROLES = {"positive": ("TextPromptSeg positive points", (0.2, 0.85, 0.3), "1"),
           "box": ("TextPromptSeg box", (0.3, 0.6, 1.0), None)}
 
 
-def _matrix(vtk_matrix) -> np.ndarray:
-    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
 def volume_shape_zyx(volume_node) -> tuple[int, int, int]:
     dims = volume_node.GetImageData().GetDimensions()
     return int(dims[2]), int(dims[1]), int(dims[0])
@@ -46,7 +44,6 @@ def slice_geometry(volume_node, axis: Optional[str] = None):
     """The engine's SliceGeometry for a volume node (same choice of slicing axis as segmentation)."""
     from TextPromptSegLib.engine.geometry import SliceGeometry
 
-    from . import geometry_from_node
 
     spacing, _, direction = geometry_from_node(volume_node)
     return SliceGeometry.for_volume(direction, spacing, axis)
@@ -86,7 +83,7 @@ def ras_to_frame(volume_node, points_world, axis: Optional[str] = None) -> np.nd
     ras = world_to_volume_ras(volume_node, points_world)
     ras_to_ijk = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
-    ijk = (_matrix(ras_to_ijk) @ np.c_[ras, np.ones(len(ras))].T).T[:, :3]
+    ijk = (vtk_matrix_to_numpy(ras_to_ijk) @ np.c_[ras, np.ones(len(ras))].T).T[:, :3]
     geometry = slice_geometry(volume_node, axis)
     shape = volume_shape_zyx(volume_node)
     return np.array([geometry.voxel_to_frame(p, shape) for p in ijk]).reshape(-1, 3)
@@ -100,7 +97,7 @@ def frame_to_ras(volume_node, n: float, row: float, col: float, axis: Optional[s
     ijk = geometry.frame_to_voxel(n, row, col, volume_shape_zyx(volume_node))
     ijk_to_ras = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(ijk_to_ras)
-    ras = (_matrix(ijk_to_ras) @ np.r_[ijk, 1.0])[:3]
+    ras = (vtk_matrix_to_numpy(ijk_to_ras) @ np.r_[ijk, 1.0])[:3]
     return volume_ras_to_world(volume_node, ras[None])[0]
 
 
@@ -182,7 +179,7 @@ def points_to_frame(volume_node, point_nodes: Sequence[Any], axis: Optional[str]
 def roi_corners_world(roi_node) -> np.ndarray:
     """(8, 3) world RAS corners of a markups ROI (oriented boxes included)."""
     size = np.array(roi_node.GetSize(), float)
-    object_to_world = _matrix(roi_node.GetObjectToWorldMatrix())
+    object_to_world = vtk_matrix_to_numpy(roi_node.GetObjectToWorldMatrix())
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
     corners = signs * size / 2.0
     return (object_to_world @ np.c_[corners, np.ones(8)].T).T[:, :3]
@@ -261,7 +258,6 @@ def segment_mask_on_volume(segmentation_node, segment_id: str, volume_node) -> n
     import vtk
     from vtkmodules.util import numpy_support
 
-    from . import segment_labelmap_copy
 
     shape = volume_shape_zyx(volume_node)
     labelmap = segment_labelmap_copy(segmentation_node, segment_id)
@@ -308,7 +304,6 @@ def write_segment(volume_node, segmentation_node, segment_id: str, geometry, fra
     shared layer or not, keep their voxels."""
     import slicer
 
-    from . import mask_to_oriented_image
 
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     if not logic.SetBinaryLabelmapToSegment(mask_to_oriented_image(geometry.from_frames(frames), volume_node),

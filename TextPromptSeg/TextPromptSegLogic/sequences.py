@@ -33,16 +33,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import (
-    PROMPT_TAG,
-    SegmentationJob,
-    SegmentOutcome,
-    TextPromptSegLogic,
-    _library_entry,
-    mask_to_oriented_image,
-    segment_labelmap_copy,
-    volume_from_node,
-)
+from .jobs import SegmentationJob
+from .logic import TextPromptSegLogic
+from .nodes import mask_to_oriented_image, segment_labelmap_copy, volume_from_node
+from .segments import SegmentOutcome, build_requests, style_segment
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +70,13 @@ class SequenceInput:
         return np.expand_dims(np.asarray(mask, bool), self.frame_axis)
 
 
-def browser_for(scene, sequence_node):
-    """The first sequence browser that plays ``sequence_node``, or None."""
+def browser_for(scene, node):
+    """The first sequence browser that plays ``node``: a Sequence node it synchronises, or a proxy node it shows;
+    None when there is none."""
+    is_sequence = node.IsA("vtkMRMLSequenceNode")
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
         browser = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
-        if browser.IsSynchronizedSequenceNode(sequence_node, True):
+        if browser.IsSynchronizedSequenceNode(node, True) if is_sequence else browser.GetSequenceNode(node):
             return browser
     return None
 
@@ -99,7 +95,7 @@ def read_sequence_input(node, browser_node=None) -> SequenceInput:
     if node.IsA("vtkMRMLSequenceNode"):
         sequence_node = node
     elif node.IsA("vtkMRMLScalarVolumeNode") and scene is not None:
-        browser = browser_node or _browser_of_proxy(scene, node)
+        browser = browser_node or browser_for(scene, node)
         if browser is not None and browser.GetSequenceNode(node) is not None:
             sequence_node, browser_node = browser.GetSequenceNode(node), browser
     if sequence_node is None:
@@ -145,14 +141,6 @@ def read_sequence_input(node, browser_node=None) -> SequenceInput:
                          frame_nodes=frame_nodes, index_values=values, frame_axis=axis)
 
 
-def _browser_of_proxy(scene, proxy_node):
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
-        browser = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
-        if browser.GetSequenceNode(proxy_node) is not None:
-            return browser
-    return None
-
-
 def _sequences_logic(given=None):
     """The Sequences module logic: ``given``, else Slicer's (None outside Slicer, e.g. on slicer-core)."""
     if given is not None:
@@ -173,18 +161,6 @@ def item_mask(item, segment_id: str, frame_node) -> np.ndarray:
     if item.GetSegmentation().GetSegment(segment_id) is None:
         return np.zeros(volume_shape_zyx(frame_node), bool)
     return segment_mask_on_volume(item, segment_id, frame_node)
-
-
-def _style(segment, seg) -> None:
-    """Name, colour, prompt tag and terminology as for volume segments."""
-    from TextPromptSegLib.prompts import match_prompt
-
-    segment.SetName(seg.name)
-    segment.SetColor(*seg.color)
-    segment.SetTag(PROMPT_TAG, seg.prompt)
-    match = match_prompt(seg.prompt)
-    if match.entry is not None:
-        segment.SetTag(segment.GetTerminologyEntryTagName(), match.entry.terminology_tag)
 
 
 @dataclass
@@ -353,7 +329,7 @@ class SequenceRun:
                     segmentation.AddEmptySegment(segment_id, seg.name, list(seg.color))
                 else:
                     by_item[key].setdefault(segment_id, segment_labelmap_copy(item, segment_id))
-                _style(segmentation.GetSegment(segment_id), seg)
+                style_segment(segmentation.GetSegment(segment_id), seg)
                 image = mask_to_oriented_image(self.source.frame_to_item(masks[frame]), self.source.frame_nodes[frame])
                 logic.SetBinaryLabelmapToSegment(image, item, segment_id, logic.MODE_REPLACE)
         self._undo.append(("items", saved))
@@ -471,16 +447,10 @@ def start_sequence(logic, node, prompts: Sequence[str], model: Optional[str] = N
                    start_frame: Optional[int] = None, window=None, output_node=None, browser_node=None,
                    sequences_logic=None) -> SequenceJob:
     """Validate and copy the frames on the calling (main) thread, then segment on the Logic's worker thread."""
-    from TextPromptSegLib.engine.pipeline import SegmentRequest
     from TextPromptSegLib.engine.progress import CancelToken
 
-    prompts = [p.strip() for p in prompts if p and p.strip()]
-    if not prompts:
-        raise ValueError("Type at least one prompt (one line per structure).")
+    requests = build_requests(prompts)
     source = read_sequence_input(node, browser_node)
-    entries = [_library_entry(p) for p in prompts]
-    requests = [SegmentRequest(p, name=e.name if e else p, color=e.color if e else None)
-                for p, e in zip(prompts, entries)]
     job = SequenceJob(cancel=CancelToken(), logic=logic, source=source, output_node=output_node,
                       sequences_logic=sequences_logic)
 
