@@ -152,16 +152,6 @@ def _download_bar():
     return close, progress
 
 
-def _model_inputs(model_name: Optional[str]):
-    """What a registered or given model reads (its checkpoint's ``"inputs"``), without building it."""
-    from .engine.preprocess import InputSpec
-    from .modeling.checkpoint import read_inputs
-    from .registry import resolve
-
-    _, local, _ = resolve(model_name)
-    return read_inputs(local) if Path(local).is_dir() else InputSpec()
-
-
 def quiet_loading() -> None:
     """No "Loading weights" bar from transformers for the text encoder's tensors: the CLI's bars show the model's
     work. Called just before a model is loaded (importing transformers earlier would slow every argument error)."""
@@ -208,7 +198,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         write_seg_nrrd,
     )
     from .modeling.checkpoint import CheckpointError
-    from .registry import RegistryError, load_model
+    from .registry import RegistryError, load_model, model_inputs
 
     prompts = [p.strip() for p in prompts]
     if not prompts or any(not p for p in prompts):
@@ -231,7 +221,7 @@ def run_segment(input_path: Path, prompts: list[str], output: Path, model_name: 
         raise UserError("--channel combines co-registered volumes; it does not apply to a 2D+t --sequence")
     try:
         dev = pick_device(device)
-        inputs = _model_inputs(model_name)
+        inputs = model_inputs(model_name)
         if channels:
             wanted = inputs.channel_set(1 + len(channels))
             if wanted is None:

@@ -258,3 +258,19 @@ def checkpoint_folder(name: str, path: Optional[Path] = None) -> Optional[Path]:
         return resource_path(entry.bundled)
     targets = [cache_dir() / name / spec["name"] for spec in entry.files]
     return targets[0] if targets and targets[0].is_file() else None
+
+
+def model_inputs(name_or_path: Optional[str] = None, path: Optional[Path] = None):
+    """What a registered or given model reads (its checkpoint's ``"inputs"``: intensity per modality, channel sets),
+    read from its config.json without torch and without building it; an official SAM-2 ``.pt`` states nothing
+    (the training default). Raises RegistryError for a missing model or a bad entry."""
+    from .engine.preprocess import InputSpec
+
+    _, local, _ = resolve(name_or_path, path=path)
+    config = Path(local) / "config.json"
+    if not Path(local).is_dir() or not config.is_file():
+        return InputSpec()
+    try:
+        return InputSpec.from_dict(json.loads(config.read_text(encoding="utf-8")).get("inputs"))
+    except (json.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise RegistryError(f"{config}: bad 'inputs' entry: {exc}") from exc

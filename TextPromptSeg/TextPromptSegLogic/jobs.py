@@ -60,7 +60,8 @@ class SegmentState:
     a segment whose key no longer matches is refined from its current voxels instead. propagation: the engine's
     last PropagationResult; corrections: {slice: (H, W) bool} slices the user drew or clicked on (kept exactly,
     conditioning slices of later refinements); digests: per-slice digests of the masks as last written (a slice
-    whose digest changed was edited by the user and is kept too); quality: per-slice score and area.
+    whose digest changed was edited by the user and is kept too); quality: per-slice score and area; channels: the
+    extra input volumes the run read with the input (refinements read them again).
     """
 
     key: tuple
@@ -70,6 +71,7 @@ class SegmentState:
     corrections: dict[int, np.ndarray]
     digests: list[bytes]
     quality: Any
+    channels: tuple[str, ...] = ()  # IDs of the extra input volume nodes of a composite (multi-sequence) run
 
 
 @dataclass

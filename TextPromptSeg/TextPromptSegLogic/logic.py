@@ -109,13 +109,14 @@ class TextPromptSegLogic(RefinementMixin, ViewsMixin):
               start_slice: Optional[int] = None, axis: Optional[str] = None, window=None,
               direction: str = "both", max_empty_run: Optional[int] = None,
               slice_range: Optional[tuple[int, int]] = None,
-              visual: Optional[VisualPrompts] = None) -> SegmentationJob:
+              visual: Optional[VisualPrompts] = None, channel_nodes: Sequence[Any] = ()) -> SegmentationJob:
         """Validate on the calling (main) thread, copy the voxels, and run the model on the worker thread.
 
         start_slice and slice_range (first, last; inclusive) are indices along the slicing axis (``axis``, or the
         acquisition axis), as returned by :meth:`slice_index_from_ras`. visual: clicks and boxes (see
         :meth:`collect_visual_prompts`) given to the model with the text; they belong to one structure, so they
-        need exactly one prompt.
+        need exactly one prompt. channel_nodes: further co-registered sequences when the model reads a composite
+        (:meth:`channel_sets`; e.g. the T1c volume after a FLAIR input), combined as training combines them.
         """
         from TextPromptSegLib.engine.pipeline import segment_volume
         from TextPromptSegLib.engine.progress import CancelToken
@@ -126,12 +127,14 @@ class TextPromptSegLogic(RefinementMixin, ViewsMixin):
         if visual and len(requests) > 1:
             raise ValueError("Points and boxes belong to one structure: segment one prompt at a time when you "
                              "place them (or clear them).")
-        volume = volume_from_node(volume_node)
+        channel_nodes = tuple(channel_nodes or ())
+        volume = self.input_volume(volume_node, channel_nodes, model)
         if visual:
             requests[0].point_prompts = dict(visual.point_prompts)
             requests[0].box_prompts = dict(visual.box_prompts)
-        key = self._engine_key(volume_node, model, device, axis, window)
-        job = SegmentationJob(cancel=CancelToken(), info={"key": key, "axis": axis, "requests": requests})
+        key = self._engine_key(volume_node, model, device, axis, window, channel_nodes)
+        job = SegmentationJob(cancel=CancelToken(), info={"key": key, "axis": axis, "requests": requests,
+                                                          "channels": tuple(n.GetID() for n in channel_nodes)})
 
         def run() -> None:
             from TextPromptSegLib.engine.device import pick_device
@@ -144,6 +147,41 @@ class TextPromptSegLogic(RefinementMixin, ViewsMixin):
                                         estimate=dev == "cpu", progress=job.events.put, cancel=job.cancel)
 
         return self.submit(job, run, "segmentation")
+
+    @staticmethod
+    def channel_sets(model: Optional[str] = None) -> list[Any]:
+        """The sets of co-registered sequences the model reads together (``ChannelSet``: ``sequences`` in input
+        order, ``structures`` they serve), from its checkpoint's config without torch; empty for a model that
+        reads one image (or cannot be found). The panel offers extra input volumes only for these."""
+        from TextPromptSegLib.registry import RegistryError, model_inputs
+
+        try:
+            return list(model_inputs(model or None).channels)
+        except (RegistryError, OSError, ValueError) as exc:
+            log.debug("no channel sets: %s", exc)
+            return []
+
+    @classmethod
+    def input_volume(cls, volume_node, channel_nodes: Sequence[Any] = (), model: Optional[str] = None):
+        """The library Volume the model reads: the input node's voxels, or with ``channel_nodes`` the composite of
+        the input and those nodes (in the model's channel order). ValueError when the model reads no composite of
+        that many sequences or the volumes lie on different grids (main thread; copies the voxels)."""
+        from TextPromptSegLib.io.volumes import InputError, combine_channels
+
+        if not channel_nodes:
+            return volume_from_node(volume_node)
+        nodes = [volume_node, *channel_nodes]
+        if any(n is None or not n.IsA("vtkMRMLScalarVolumeNode") or n.IsA("vtkMRMLVectorVolumeNode") for n in nodes):
+            raise ValueError("Every input sequence must be a scalar volume.")
+        wanted = next((c for c in cls.channel_sets(model) if len(c.sequences) == len(nodes)), None)
+        if wanted is None:
+            raise ValueError(f"The model does not read {len(nodes)} sequences together: clear the extra input "
+                             "volumes, or pick a model trained on these sequences.")
+        try:
+            return combine_channels([volume_from_node(n) for n in nodes],
+                                    [f"{n.GetName()} ({s})" for n, s in zip(nodes, wanted.sequences)])
+        except InputError as exc:
+            raise ValueError(str(exc)) from exc
 
     def start_sequence(self, node, prompts: Sequence[str], model: Optional[str] = None, device: str = "auto",
                        start_frame: Optional[int] = None, window=None, output_node=None, browser_node=None,

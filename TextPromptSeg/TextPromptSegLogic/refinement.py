@@ -11,7 +11,7 @@ import numpy as np
 
 from .interactive import SliceQuality
 from .jobs import RefineOutcome, SegmentationJob, SegmentState, _Engine, _UndoEntry
-from .nodes import geometry_from_node, segment_labelmap_copy, volume_from_node, vtk_matrix_to_numpy
+from .nodes import geometry_from_node, segment_labelmap_copy, vtk_matrix_to_numpy
 from .segments import segment_prompt
 
 log = logging.getLogger(__name__)
@@ -22,16 +22,20 @@ class RefinementMixin:
 
     # ------------------------------------------------------------------ engine sessions (worker thread)
     def _engine_key(self, volume_node, model: Optional[str], device: Optional[str], axis: Optional[str],
-                    window) -> tuple:
-        """What an encoded session and a segment's engine state depend on (main thread: reads the node)."""
+                    window, channel_nodes: Sequence[Any] = ()) -> tuple:
+        """What an encoded session and a segment's engine state depend on (main thread: reads the nodes)."""
         import vtk
 
         matrix = vtk.vtkMatrix4x4()
         volume_node.GetIJKToRASMatrix(matrix)
-        image = volume_node.GetImageData()
-        return (volume_node.GetID(), image.GetMTime() if image is not None else 0,
-                tuple(np.round(vtk_matrix_to_numpy(matrix), 9).ravel()), model or "", device or "auto",
-                axis or "auto", repr(window), self.precision)
+
+        def stamp(node) -> tuple:
+            image = node.GetImageData()
+            return node.GetID(), image.GetMTime() if image is not None else 0
+
+        return (*stamp(volume_node), tuple(np.round(vtk_matrix_to_numpy(matrix), 9).ravel()), model or "",
+                device or "auto", axis or "auto", repr(window), self.precision,
+                tuple(stamp(n) for n in channel_nodes))
 
     def _engine_for(self, key: tuple, volume, model: Optional[str], device: str, axis: Optional[str],
                     window, progress: Optional[Callable[[Any], None]] = None) -> _Engine:
@@ -76,7 +80,8 @@ class RefinementMixin:
                 key=job.info["key"], prompt=seg.prompt, axis=axis, propagation=seg.propagation,
                 corrections={int(n): np.asarray(m, bool).copy() for n, m in request.mask_prompts.items()},
                 digests=slice_digests(frames),
-                quality=SliceQuality.from_arrays(seg.slice_scores, seg.slice_areas_mm2, axis))
+                quality=SliceQuality.from_arrays(seg.slice_scores, seg.slice_areas_mm2, axis),
+                channels=tuple(job.info.get("channels", ())))
             self._set_state(segmentation_node, outcome.segment_id, state)
 
     def _set_state(self, segmentation_node, segment_id: str, state: Optional[SegmentState],
@@ -167,8 +172,12 @@ class RefinementMixin:
             raise ValueError("Select a scalar volume as input.")
         if not self.can_refine(segmentation_node, segment_id):
             raise ValueError("Select the segment to refine.")
-        key = self._engine_key(volume_node, model, device, axis, window)
         state = self._states.get((segmentation_node.GetID(), segment_id))
+        scene = volume_node.GetScene()
+        channel_nodes = [scene.GetNodeByID(i) for i in state.channels] if state is not None and scene else []
+        if any(n is None for n in channel_nodes):
+            channel_nodes, state = [], None  # an extra input volume was removed: refine from the voxels
+        key = self._engine_key(volume_node, model, device, axis, window, channel_nodes)
         if state is not None and state.key != key:
             log.info("volume, model, device or axis changed since segment %s was made: refining from its voxels",
                      segment_id)
@@ -187,9 +196,10 @@ class RefinementMixin:
         previous = state.propagation if state is not None else None
         current = frames.copy() if state is None else None  # the "previous result" of a segment without state
         prompt = state.prompt if state is not None else self._segment_prompt(segmentation_node, segment_id)
-        volume = None if key in self._engines else volume_from_node(volume_node)
+        volume = None if key in self._engines else self.input_volume(volume_node, channel_nodes, model)
         job = SegmentationJob(cancel=CancelToken(), kind="refine", info={
             "key": key, "axis": axis, "segment_id": segment_id, "slice_index": slice_index, "prompt": prompt,
+            "channels": tuple(n.GetID() for n in channel_nodes),
             "keep": keep, "clicks": clicks is not None})
         unchanged_run, unchanged_iou = self.unchanged_run, self.unchanged_iou
 
@@ -274,7 +284,8 @@ class RefinementMixin:
             key=info["key"], prompt=info["prompt"], axis=info["axis"], propagation=result.propagation,
             corrections=corrections, digests=slice_digests(frames),
             quality=SliceQuality.from_arrays(result.propagation.scores,
-                                             frames.reshape(len(frames), -1).sum(1) * pixel_mm2, info["axis"]))
+                                             frames.reshape(len(frames), -1).sum(1) * pixel_mm2, info["axis"]),
+            channels=tuple(info.get("channels", ())))
         self._set_state(segmentation_node, segment_id, state)
         voxel_ml = float(np.prod(spacing)) / 1000.0
         return RefineOutcome(segment_id, info["slice_index"], list(result.frame_masks), list(result.visited),

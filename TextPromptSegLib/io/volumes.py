@@ -188,9 +188,14 @@ def read_channels(paths: list[Union[str, Path]], spacing_tolerance: float = 1e-4
     """Co-registered sequences of one patient (e.g. FLAIR then contrast T1) -> one (z, y, x, 3) composite Volume, built
     exactly as training builds it (``engine.preprocess.channel_composite``). Raises InputError when a file cannot be
     read or the sequences do not lie on the same voxel grid (size, spacing, origin, direction)."""
-    volumes = [read_volume(p) for p in paths]
+    return combine_channels([read_volume(p) for p in paths], [Path(p).name for p in paths], spacing_tolerance)
+
+
+def combine_channels(volumes: list[Volume], names: list[str], spacing_tolerance: float = 1e-4) -> Volume:
+    """Co-registered sequences already read (files, or Slicer volume nodes) -> the (z, y, x, 3) composite Volume of
+    :func:`read_channels`; ``names`` name them in errors. InputError when they lie on different voxel grids."""
     first = volumes[0]
-    for path, other in zip(paths[1:], volumes[1:]):
+    for name, other in zip(names[1:], volumes[1:]):
         problems = []
         if other.shape != first.shape:
             problems.append(f"size {other.shape[::-1]} vs {first.shape[::-1]}")
@@ -201,7 +206,7 @@ def read_channels(paths: list[Union[str, Path]], spacing_tolerance: float = 1e-4
         if not np.allclose(other.direction, first.direction, atol=1e-4):
             problems.append("direction")
         if problems:
-            raise InputError(f"{Path(path).name} and {Path(paths[0]).name} lie on different voxel grids "
+            raise InputError(f"{name} and {names[0]} lie on different voxel grids "
                              f"({'; '.join(problems)}): resample them onto one grid first")
     try:
         composite = channel_composite([v.array for v in volumes])
