@@ -126,6 +126,7 @@ def test_bad_argument_exit_2_one_line_no_file_no_model(args, message, small_ct, 
     code = _run(argv)
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
+    print(f"| `{' '.join(args)}` | {code} | {lines[0] if lines else ''} |")  # the note's table (pytest -s)
     assert code == 2, captured.err
     assert len(lines) == 1 and message in lines[0], lines
     assert "Traceback" not in captured.err
