@@ -285,8 +285,10 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _layoutSliceNodes() -> list:
+        """Slice nodes of the views shown in the layout (sliceViewNames() also lists hidden ones), in order."""
         layoutManager = slicer.app.layoutManager()
-        return [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
+        nodes = [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
+        return [node for node in nodes if node.IsMappedInLayout()]
 
     def _currentSliceIndex(self, volumeNode, axis) -> Optional[int]:
         """Index along the slicing axis of the slice shown by the first view whose slices are those of the slicing
