@@ -99,9 +99,9 @@ def _browser_and_sequence(node):
     scene = node.GetScene() if node is not None else None
     if scene is None or node.IsA("vtkMRMLSequenceNode"):
         return None, None
-    from .sequences import _browser_of_proxy
+    from .sequences import browser_for
 
-    browser = _browser_of_proxy(scene, node)
+    browser = browser_for(scene, node)
     sequence = browser.GetSequenceNode(node) if browser is not None else None
     return (browser, sequence) if sequence is not None else (None, None)
 
