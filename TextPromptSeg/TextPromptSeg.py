@@ -43,6 +43,7 @@ DIRECTIONS = ("both", "forward", "backward")
 INPUT_NODE_TYPES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 
 # what decides a run: locked while one runs (its result goes to the nodes it started with)
+MAX_EXTRA_SEQUENCES = 3  # extra input volume selectors the panel can show (a model's channel set minus the input)
 RUN_LOCKED_WIDGETS = ("inputVolumeSelector", "outputSegmentationSelector", "sequenceCheckBox", "modelComboBox",
                       "deviceComboBox", "axisComboBox", "startSliceSpinBox", "useCurrentSliceButton",
                       "directionComboBox", "firstSliceSpinBox", "lastSliceSpinBox", "maxEmptyRunSpinBox",
@@ -158,6 +159,7 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.enabled = False
         self._toolTips = {name: getattr(self.ui, name).toolTip for name in SEQUENCE_DISABLED_WIDGETS}
         self._setupRefinement()
+        self._setupChannelInputs()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -267,6 +269,7 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._parameterNode.model != text:
             self._parameterNode.model = text
         self.onPromptsChanged()  # the echo depends on the model
+        self._updateChannelInputs()
 
     def onUseCurrentSlice(self) -> None:
         node = self._parameterNode.inputVolume if self._parameterNode else None
@@ -338,8 +341,66 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                    start_slice=None if p.startSlice < 0 else p.startSlice, axis=axis,
                                    direction=p.direction, max_empty_run=p.maxEmptyRun or None,
                                    slice_range=self.logic.sliceRange(volume, p.firstSlice, p.lastSlice, axis),
-                                   visual=visual or None)
+                                   visual=visual or None, channel_nodes=self._channelNodes())
             self._beginRun(job, volume, p.outputSegmentation, _("Loading the model..."))
+
+    # ---------------------------------------------------------------- extra input volumes (issue 19)
+    def _setupChannelInputs(self) -> None:
+        """Selectors for the further co-registered sequences of a model that reads several together (e.g. the T1c
+        volume after a FLAIR input for the BraTS sub-regions), in the Inputs section; shown only for such a model."""
+        form = self.ui.inputsCollapsibleButton.layout()
+        self._channelNote = qt.QLabel()
+        self._channelNote.wordWrap = True
+        form.addRow(self._channelNote)
+        self._channelSelectors = []
+        self._channelShown = 0
+        for _index in range(MAX_EXTRA_SEQUENCES):
+            label = qt.QLabel()
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.showChildNodeTypes = False
+            selector.noneEnabled = True
+            selector.addEnabled = False
+            selector.removeEnabled = False
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.toolTip = _("A volume on the input volume's voxel grid (same size, spacing, origin and "
+                                 "directions).")
+            form.addRow(label, selector)
+            self._channelSelectors.append((label, selector))
+        self._updateChannelInputs()
+
+    def _updateChannelInputs(self) -> None:
+        """Show one selector per extra sequence of the model's channel set (none for a one-image model)."""
+        if not hasattr(self, "_channelSelectors"):
+            return
+        sets = self.logic.channel_sets(self.ui.modelComboBox.currentText or None)
+        wanted = max(sets, key=lambda c: len(c.sequences)) if sets else None
+        extra = list(wanted.sequences[1:MAX_EXTRA_SEQUENCES + 1]) if wanted else []
+        self._channelShown = len(extra)
+        self._channelNote.visible = bool(extra)
+        if wanted:
+            self._channelNote.text = _(
+                "This model reads {sequences} together for: {structures}. Select the {first} as input volume and "
+                "the other sequences below (leave them empty to segment one image).").format(
+                sequences=" + ".join(wanted.sequences), structures=", ".join(wanted.structures),
+                first=wanted.sequences[0])
+        for index, (label, selector) in enumerate(self._channelSelectors):
+            shown = index < len(extra)
+            label.visible = selector.visible = shown
+            if shown:
+                label.text = _("{sequence} volume:").format(sequence=extra[index])
+            else:
+                selector.setCurrentNode(None)
+
+    def _channelNodes(self) -> list:
+        """The extra sequences chosen for this run: all of the shown selectors, or none."""
+        shown = [selector for _label, selector in getattr(self, "_channelSelectors", [])[: self._channelShown]]
+        nodes = [selector.currentNode() for selector in shown]
+        if not any(nodes):
+            return []
+        if not all(nodes):
+            raise ValueError(_("Choose every extra input volume, or none of them."))
+        return nodes
 
     def _beginRun(self, job, volumeNode, segmentationNode, message: str) -> None:
         """Poll ``job``; its result goes to these nodes, and what decides the run is locked until it ends."""
@@ -369,6 +430,8 @@ class TextPromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _lockForRun(self, running: bool) -> None:
         for name in RUN_LOCKED_WIDGETS:
             getattr(self.ui, name).enabled = not running
+        for _label, selector in getattr(self, "_channelSelectors", []):  # the extra input volumes
+            selector.enabled = not running
         self.ui.cancelButton.enabled = running
         self.ui.segmentButton.enabled = False  # enabled again by _onParameterNodeModified (a volume and a prompt)
         if not running and self._parameterNode is not None:

@@ -334,3 +334,17 @@ add_subdirectory({(ROOT / "TextPromptSeg").as_posix()} module)
     for line in found.stdout.split():
         assert Path(line).resolve().is_relative_to(module_dir.resolve()), line
 
+
+
+def test_extra_input_volumes_reach_the_logic_and_lock_with_the_run():
+    """Issue 19: a model that reads co-registered sequences gets one selector per extra sequence; Segment passes
+    them as ``channel_nodes``, the model combo updates them, and a run locks them."""
+    segment_calls = _calls(_function("onSegment"))
+    assert any(c.startswith("self.logic.start(") and "channel_nodes=self._channelNodes()" in c
+               for c in segment_calls)
+    assert "self._updateChannelInputs()" in _calls(_function("onModelChanged"))
+    assert "self.logic.channel_sets(self.ui.modelComboBox.currentText or None)" in _calls(
+        _function("_updateChannelInputs"))
+    assert "self._setupChannelInputs()" in _calls(_function("setup"))
+    lock = ast.unparse(_function("_lockForRun"))
+    assert "_channelSelectors" in lock and "selector.enabled = not running" in lock
