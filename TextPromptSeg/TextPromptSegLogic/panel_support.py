@@ -15,14 +15,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .nodes import vtk_matrix_to_numpy
+
 # RAS normal of the slices of each named orientation (Slicer's axial, coronal and sagittal presets)
 AXIS_NORMALS = {"axial": (0.0, 0.0, 1.0), "coronal": (0.0, 1.0, 0.0), "sagittal": (1.0, 0.0, 0.0)}
 # a view shows the slices of the slicing axis when its normal is within about 25 degrees of the slicing direction
 MIN_ALIGNMENT = 0.9
-
-
-def _matrix(vtk_matrix, size: int = 4) -> np.ndarray:
-    return np.array([[vtk_matrix.GetElement(r, c) for c in range(size)] for r in range(size)])
 
 
 def slicing_direction(volume_node, axis: Optional[str] = None) -> np.ndarray:
@@ -38,19 +36,19 @@ def slicing_direction(volume_node, axis: Optional[str] = None) -> np.ndarray:
 
     ijk_to_ras = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(ijk_to_ras)
-    column = _matrix(ijk_to_ras)[:3, TextPromptSegLogic.slicing_axis(volume_node, None)]
+    column = vtk_matrix_to_numpy(ijk_to_ras)[:3, TextPromptSegLogic.slicing_axis(volume_node, None)]
     return column / np.linalg.norm(column)
 
 
 def slice_normal(slice_node) -> np.ndarray:
     """Unit RAS normal of a vtkMRMLSliceNode's slice plane (third column of SliceToRAS)."""
-    column = _matrix(slice_node.GetSliceToRAS())[:3, 2]
+    column = vtk_matrix_to_numpy(slice_node.GetSliceToRAS())[:3, 2]
     return column / np.linalg.norm(column)
 
 
 def slice_center(slice_node) -> list[float]:
     """RAS position of the slice plane's centre (translation of SliceToRAS)."""
-    return [float(v) for v in _matrix(slice_node.GetSliceToRAS())[:3, 3]]
+    return [float(v) for v in vtk_matrix_to_numpy(slice_node.GetSliceToRAS())[:3, 3]]
 
 
 def choose_slice_node(slice_nodes: Iterable[Any], direction: Sequence[float]):
