@@ -61,3 +61,20 @@ def sequence_model(sequence_fixture_dir):
     from TextPromptSegLib.modeling.build import build_model
 
     return build_model(sequence_fixture_dir)
+
+
+@pytest.fixture(scope="session")
+def brats_small(shared_data, tmp_path_factory) -> Path:
+    """The BraTS validation case's FLAIR and contrast T1 cut to 6 slices and 160 x 160 voxels through the tumour,
+    and the T1 once more with another spacing (a sequence not resampled onto the FLAIR's grid)."""
+    import SimpleITK as sitk
+
+    case = sorted((shared_data / "brats2013").iterdir())[-1]
+    folder = tmp_path_factory.mktemp("brats")
+    for name in ("flair", "t1c", "label"):
+        image = sitk.ReadImage(str(case / f"{name}.nii.gz"))[40:200, 40:200, 75:81]
+        sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
+    moved = sitk.ReadImage(str(folder / "t1c.nii.gz"))
+    moved.SetSpacing((1.0, 1.0, 1.5))
+    sitk.WriteImage(moved, str(folder / "t1c_moved.nii.gz"))
+    return folder

@@ -27,21 +27,6 @@ def small_ct(shared_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def brats_small(shared_data, tmp_path_factory) -> Path:
-    """The BraTS validation case's FLAIR and contrast T1 cut to 6 slices and 160 x 160 voxels through the tumour,
-    and the T1 once more with another spacing (a sequence not resampled onto the FLAIR's grid)."""
-    case = sorted((shared_data / "brats2013").iterdir())[-1]
-    folder = tmp_path_factory.mktemp("brats")
-    for name in ("flair", "t1c", "label"):
-        image = sitk.ReadImage(str(case / f"{name}.nii.gz"))[40:200, 40:200, 75:81]
-        sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
-    moved = sitk.ReadImage(str(folder / "t1c.nii.gz"))
-    moved.SetSpacing((1.0, 1.0, 1.5))
-    sitk.WriteImage(moved, str(folder / "t1c_moved.nii.gz"))
-    return folder
-
-
-@pytest.fixture(scope="module")
 def flipped_copy(tmp_path_factory) -> Path:
     """The bundled checkpoint copied with one byte of its weights flipped (its SHA256SUMS unchanged)."""
     folder = tmp_path_factory.mktemp("flipped") / "tgsam2-medium"

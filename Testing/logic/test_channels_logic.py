@@ -8,22 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-
-
-@pytest.fixture(scope="module")
-def brats_cut(shared_data, tmp_path_factory) -> Path:
-    """The BraTS validation case's FLAIR and contrast T1, 6 slices of 160 x 160 voxels through the tumour, and the T1
-    once more with another spacing (not resampled onto the FLAIR's grid)."""
-    case = sorted((shared_data / "brats2013").iterdir())[-1]
-    folder = tmp_path_factory.mktemp("brats")
-    for name in ("flair", "t1c", "label"):
-        cut = sitk.ReadImage(str(case / f"{name}.nii.gz"))[40:200, 40:200, 75:81]
-        sitk.WriteImage(cut, str(folder / f"{name}.nii.gz"))
-    moved = sitk.ReadImage(str(folder / "t1c.nii.gz"))
-    moved.SetSpacing((1.0, 1.0, 1.5))
-    sitk.WriteImage(moved, str(folder / "t1c_moved.nii.gz"))
-    return folder
 
 
 def _load(mrml, path: Path):
@@ -42,14 +26,14 @@ def test_the_panel_is_offered_extra_inputs_only_for_models_that_read_them():
     assert tl.TextPromptSegLogic.channel_sets("no such model") == []
 
 
-def test_extra_input_volumes_make_the_clis_composite(mrml, brats_cut):
+def test_extra_input_volumes_make_the_clis_composite(mrml, brats_small):
     import TextPromptSegLogic as tl
 
     from TextPromptSegLib.io.volumes import read_channels
 
-    flair, t1c = _load(mrml, brats_cut / "flair.nii.gz"), _load(mrml, brats_cut / "t1c.nii.gz")
+    flair, t1c = _load(mrml, brats_small / "flair.nii.gz"), _load(mrml, brats_small / "t1c.nii.gz")
     composite = tl.TextPromptSegLogic.input_volume(flair, [t1c], "tgsam2-medium")
-    expected = read_channels([brats_cut / "flair.nii.gz", brats_cut / "t1c.nii.gz"])
+    expected = read_channels([brats_small / "flair.nii.gz", brats_small / "t1c.nii.gz"])
     assert composite.array.shape == expected.array.shape == (6, 160, 160, 3)
     assert np.array_equal(composite.array, expected.array)  # the same model input, bit for bit
     assert np.allclose(composite.spacing, expected.spacing) and np.allclose(composite.direction, expected.direction)
@@ -57,17 +41,17 @@ def test_extra_input_volumes_make_the_clis_composite(mrml, brats_cut):
     assert not np.array_equal(swapped.array, expected.array)  # the order is the model's channel order
 
     with pytest.raises(ValueError, match="different voxel grids"):
-        tl.TextPromptSegLogic.input_volume(flair, [_load(mrml, brats_cut / "t1c_moved.nii.gz")], "tgsam2-medium")
+        tl.TextPromptSegLogic.input_volume(flair, [_load(mrml, brats_small / "t1c_moved.nii.gz")], "tgsam2-medium")
     with pytest.raises(ValueError, match="does not read 2 sequences"):
         tl.TextPromptSegLogic.input_volume(flair, [t1c], "tpp-small-la")
     with pytest.raises(ValueError, match="does not read 3 sequences"):
         tl.TextPromptSegLogic.input_volume(flair, [t1c, t1c], "tgsam2-medium")
 
 
-def test_a_run_and_its_refinement_read_the_composite(mrml, brats_cut, tiny_model, monkeypatch):
+def test_a_run_and_its_refinement_read_the_composite(mrml, brats_small, tiny_model, monkeypatch):
     import TextPromptSegLogic as tl
 
-    flair, t1c = _load(mrml, brats_cut / "flair.nii.gz"), _load(mrml, brats_cut / "t1c.nii.gz")
+    flair, t1c = _load(mrml, brats_small / "flair.nii.gz"), _load(mrml, brats_small / "t1c.nii.gz")
     read = []
     input_volume = tl.TextPromptSegLogic.input_volume
 
